@@ -1,0 +1,4 @@
+from builder.component import Builder
+from common.component import main_for
+
+main_for(Builder)

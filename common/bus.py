@@ -1,0 +1,134 @@
+"""The bus: connecting, typed requests with named timeouts, and micro service endpoints.
+
+Errors cross the bus as micro service errors (headers Nats-Service-Error-Code / Nats-Service-Error)
+and come back out of request() as the typed AppError for their code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from common.errors import AppError, Code, error_for
+from common.messages import ErrorReply
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep", bound=msgspec.Struct)
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+MAX_PAYLOAD = 8 * 1024 * 1024
+"""The embedded and test servers allow 8 MiB messages (a registry snapshot entry can be large)."""
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with endless reconnects: a restarted nats-server must not take a component down."""
+
+    async def _error(exc: Exception) -> None:
+        logger.warning("nats (%s): %s", name, exc)
+
+    async def _disconnected() -> None:
+        logger.warning("nats (%s): disconnected", name)
+
+    async def _reconnected() -> None:
+        logger.info("nats (%s): reconnected", name)
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=_error,
+        disconnected_cb=_disconnected,
+        reconnected_cb=_reconnected,
+    )
+
+
+async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep], timeout: float) -> Rep:
+    """Send a command and decode its reply; error replies raise the AppError of their code."""
+    try:
+        resp = await nc.request(subject, msgspec.json.encode(msg), timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise error_for(Code.BUS_UNAVAILABLE, f"nothing answers {subject}") from None
+    except nats.errors.TimeoutError:
+        raise error_for(Code.BUS_TIMEOUT, f"no reply on {subject} within {timeout:g} s") from None
+    headers = resp.headers or {}
+    if code := headers.get(ERROR_CODE_HEADER):
+        message = headers.get(ERROR_HEADER, "")
+        if resp.data:
+            try:
+                message = msgspec.json.decode(resp.data, type=ErrorReply).message
+            except msgspec.DecodeError:
+                pass
+        raise error_for(code, message)
+    try:
+        return msgspec.json.decode(resp.data, type=reply)
+    except msgspec.DecodeError as exc:
+        raise error_for(Code.INTERNAL, f"malformed reply on {subject}: {exc}") from None
+
+
+Handler = Callable[[Any], Awaitable[msgspec.Struct]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One request/reply endpoint: the subject, the request type, and the coroutine answering it."""
+
+    name: str
+    subject: str
+    request_type: type[msgspec.Struct]
+    handler: Handler
+
+
+def endpoint(name: str, subject: str, request_type: type[Req], handler: Callable[[Req], Awaitable[Rep]]) -> Endpoint:
+    """Typed constructor: checks that the handler takes what the endpoint decodes."""
+    return Endpoint(name, subject, request_type, handler)
+
+
+async def respond_error(req: Request, code: str, message: str) -> None:
+    body = msgspec.json.encode(ErrorReply(code=code, message=message))
+    # Header values must be single-line.
+    await req.respond_error(code, message.replace("\r", " ").replace("\n", " ")[:512], data=body)
+
+
+def _wrap(ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
+    async def handle(req: Request) -> None:
+        try:
+            command = msgspec.json.decode(req.data or b"{}", type=ep.request_type)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await respond_error(req, Code.BAD_REQUEST, f"invalid {ep.request_type.__name__}: {exc}")
+            return
+        try:
+            result = await ep.handler(command)
+        except AppError as exc:
+            await respond_error(req, exc.code, exc.message)
+            return
+        except Exception:  # boundary: one bad command must not kill the endpoint
+            logger.exception("endpoint %s failed", ep.subject)
+            await respond_error(req, Code.INTERNAL, "internal error (see the component's log)")
+            return
+        await req.respond(msgspec.json.encode(result))
+
+    return handle
+
+
+async def serve(nc: NATS, name: str, version: str, description: str, endpoints: Sequence[Endpoint]) -> Service:
+    """Register a NATS micro service (discoverable with $SRV.PING / $SRV.INFO) with its endpoints."""
+    svc = await add_service(nc, name=name, version=version, description=description, queue_group=name)
+    for ep in endpoints:
+        await svc.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+    return svc

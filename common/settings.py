@@ -1,0 +1,141 @@
+"""premd's settings: one frozen Struct read from the environment once, at start-up, and passed down."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+
+from common.errors import SettingsError
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+OFFICIAL_REGISTRY_URL = "https://raw.githubusercontent.com/premAI-io/prem-registry/main/manifests.json"
+
+# Origins Prem App is served from: the Tauri desktop shells and its web build on localhost.
+DEFAULT_CORS_ORIGINS = (
+    "tauri://localhost",
+    "http://tauri.localhost",
+    "https://tauri.localhost",
+    "http://localhost",
+    "http://localhost:*",
+    "http://127.0.0.1",
+    "http://127.0.0.1:*",
+)
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "premd")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob premd has. Environment name: ``PREMD_<FIELD>`` upper-cased, except ``registry_urls``."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP gateway binds to. Anything but loopback requires ``api_token``."""
+    port: Port = 54321
+    """HTTP gateway port (Prem App's default backend is http://localhost:54321/)."""
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    """Where the embedded NATS server keeps JetStream (registries, state, events)."""
+    nats_url: str | None = None
+    """NATS to use. Unset: ``premd serve`` starts an embedded nats-server."""
+    nats_port: Port = 4222
+    """Port of the embedded nats-server (loopback only)."""
+    api_token: str | None = None
+    """When set, every HTTP route but the health check needs ``Authorization: Bearer <token>``."""
+    registry_urls: tuple[str, ...] = (OFFICIAL_REGISTRY_URL,)
+    """``PREM_REGISTRY_URL``: registry URLs, whitespace-separated, as in premd."""
+    registry_refresh_s: PositiveFloat = 300.0
+    """How often registries are fetched again (conditional requests)."""
+    registry_fetch_timeout_s: PositiveFloat = 20.0
+    """Deadline for one registry fetch."""
+    registry_max_bytes: PositiveInt = 64 * 1024 * 1024
+    """A registry document larger than this is refused (keeps the last good content)."""
+    request_timeout_s: PositiveFloat = 10.0
+    """Deadline for a command sent over the bus to get its reply."""
+    shutdown_timeout_s: PositiveFloat = 10.0
+    """How long in-flight work may take to finish on SIGTERM before it is cancelled."""
+    service_host: str = "127.0.0.1"
+    """Host address service containers' ports are published on."""
+    readiness_timeout_s: PositiveFloat = 600.0
+    """How long a started service may take to answer its health check (per-service override in the manifest)."""
+    restart_policy: str = "no"
+    """Docker restart policy for service containers (the scheduler restarts crashed services itself)."""
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    """Comma-separated origins allowed by CORS and for state-changing requests; ``*`` in a port matches any port."""
+    autostart: bool = False
+    """OpenAI-compatible routes start a stopped service on first request and hold the request."""
+    autostart_wait_s: PositiveFloat = 120.0
+    """How long such a request is held while its service starts."""
+    max_body_bytes: PositiveInt = 1024 * 1024
+    """Largest JSON body accepted by the API routes (the proxy streams and is not limited by this)."""
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    def is_exposed(self) -> bool:
+        """True when the gateway would listen on something other than loopback."""
+        if self.host in ("localhost", ""):
+            return self.host == ""
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True  # a host name other than localhost may resolve to anything
+
+    def check(self) -> None:
+        """Cross-field rules: refuse a start that would expose Docker control to the network."""
+        if self.is_exposed() and not self.api_token:
+            raise SettingsError(
+                "PREMD_HOST",
+                f"binding to {self.host!r} exposes premd beyond this machine; set PREMD_API_TOKEN too",
+            )
+        if self.restart_policy not in ("no", "always", "unless-stopped", "on-failure"):
+            raise SettingsError("PREMD_RESTART_POLICY", f"unknown policy {self.restart_policy!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings; raises SettingsError naming the variable on unknown or malformed values."""
+        env = os.environ if env is None else env
+        names = {env_name(f): f for f in msgspec.structs.fields(cls)}
+        raw: dict[str, Any] = {}
+        for key in env:
+            if key.startswith("PREMD_") and key not in names:
+                raise SettingsError(key, "unknown setting (see the README's configuration table)")
+        for key, field in names.items():
+            if key not in env:
+                continue
+            value = env[key]
+            raw[field.name] = _parse(field.type, value)
+            try:
+                msgspec.convert({field.name: raw[field.name]}, cls, strict=False)
+            except msgspec.ValidationError as exc:
+                raise SettingsError(key, f"{value!r} is not valid: {_reason(exc)}") from None
+        settings = msgspec.convert(raw, cls, strict=False)
+        settings.check()
+        return settings
+
+
+def env_name(field: msgspec.structs.FieldInfo) -> str:
+    if field.name == "registry_urls":
+        return "PREM_REGISTRY_URL"
+    return "PREMD_" + field.name.upper()
+
+
+def _parse(annotation: Any, value: str) -> Any:
+    text = str(annotation)
+    if "tuple" in text:
+        sep = None if "registry" in text else ","
+        return [part.strip() for part in (value.split(sep) if sep else value.split()) if part.strip()]
+    if "None" in text and value == "":
+        return None
+    return value
+
+
+def _reason(exc: msgspec.ValidationError) -> str:
+    # msgspec names the field path ("at `$.port`"): the variable name says that better.
+    return str(exc).split(" - at ")[0]

@@ -1,0 +1,90 @@
+"""Every NATS name premd uses: subjects, queue groups, streams, KV and object-store buckets.
+
+No other module spells a subject: they import it from here.
+"""
+
+from __future__ import annotations
+
+PREFIX = "premd"
+
+# --- micro services (names answer $SRV.PING / $SRV.INFO; each is also its queue group) ---
+GATEWAY = "gateway"
+SCHEDULER = "scheduler"
+BUILDER = "builder"
+REGISTRY_SYNC = "registry_sync"
+COMPONENTS = (GATEWAY, SCHEDULER, BUILDER, REGISTRY_SYNC)
+SRV_PING = "$SRV.PING"
+SRV_INFO = "$SRV.INFO"
+
+# --- registry_sync commands (request/reply) ---
+REGISTRY_LIST = f"{PREFIX}.registry.list"
+REGISTRY_ADD = f"{PREFIX}.registry.add"
+REGISTRY_REMOVE = f"{PREFIX}.registry.remove"
+REGISTRY_REFRESH = f"{PREFIX}.registry.refresh"
+REGISTRY_SNAPSHOT = f"{PREFIX}.registry.snapshot"
+CUSTOM_SERVICE_ADD = f"{PREFIX}.registry.custom.add"
+CUSTOM_SERVICE_REMOVE = f"{PREFIX}.registry.custom.remove"
+
+# --- scheduler commands (request/reply) ---
+SCHEDULER_PULL = f"{PREFIX}.scheduler.pull"
+SCHEDULER_START = f"{PREFIX}.scheduler.start"
+SCHEDULER_STOP = f"{PREFIX}.scheduler.stop"
+SCHEDULER_RESTART = f"{PREFIX}.scheduler.restart"
+SCHEDULER_STOP_ALL = f"{PREFIX}.scheduler.stop_all"
+SCHEDULER_REMOVE_IMAGE = f"{PREFIX}.scheduler.remove_image"
+SCHEDULER_REMOVE_VOLUME = f"{PREFIX}.scheduler.remove_volume"
+SCHEDULER_PRUNE = f"{PREFIX}.scheduler.prune"
+SCHEDULER_CONTAINER_STATS = f"{PREFIX}.scheduler.stats.container"
+SCHEDULER_HOST_STATS = f"{PREFIX}.scheduler.stats.host"
+SCHEDULER_GPU_STATS = f"{PREFIX}.scheduler.stats.gpu"
+
+
+def info_subject(component: str) -> str:
+    """Every component answers ComponentInfo here (beside $SRV.INFO, which lists its endpoints)."""
+    return f"{PREFIX}.{component}.info"
+
+
+# --- events (fan-out; captured by the EVENTS stream for replay) ---
+EVENTS_STREAM = "PREMD_EVENTS"
+EVENTS_ALL = f"{PREFIX}.evt.>"
+CATALOG_CHANGED = f"{PREFIX}.evt.catalog.changed"
+SERVICE_EVENTS_ALL = f"{PREFIX}.evt.svc.>"
+
+
+def service_event(service_id: str, operation_id: str, event_type: str) -> str:
+    """Subject of one event of an operation on a service: filterable by service or operation."""
+    return f"{PREFIX}.evt.svc.{service_id}.{operation_id}.{event_type}"
+
+
+def service_events_filter(service_id: str) -> str:
+    return f"{PREFIX}.evt.svc.{service_id}.>"
+
+
+def operation_events_filter(operation_id: str) -> str:
+    return f"{PREFIX}.evt.svc.*.{operation_id}.>"
+
+
+# --- KV buckets ---
+KV_CATALOG = "premd_catalog"
+"""Merged registry snapshot: key CATALOG_META_KEY plus one key per service (catalog_key)."""
+CATALOG_META_KEY = "meta"
+KV_REGISTRY_CONFIG = "premd_registry_config"
+"""Configured registries, custom services and each registry's last good content."""
+KV_DESIRED = "premd_desired"
+"""Desired state per service id (written by the scheduler's command handlers)."""
+KV_OBSERVED = "premd_observed"
+"""Observed state per service id (written by the scheduler only; read by the gateway)."""
+KV_HOST = "premd_host"
+"""Host facts (GPUs, memory, disk) key HOST_FACTS_KEY, written by the scheduler."""
+HOST_FACTS_KEY = "facts"
+
+# --- object stores ---
+OBJ_LOGS = "premd_logs"
+
+
+def catalog_key(service_id: str) -> str:
+    return f"svc.{service_id}"
+
+
+def service_id_from_catalog_key(key: str) -> str | None:
+    return key[4:] if key.startswith("svc.") else None

@@ -1,0 +1,3 @@
+"""premd's version, reported by every component's micro service."""
+
+VERSION = "0.1.0"

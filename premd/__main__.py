@@ -1,0 +1,3 @@
+from premd.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real nats-server per test (JetStream in tmp_path), and the Docker test bed plugin."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from common.embedded_nats import EmbeddedNats
+from common.jetstream import ensure_resources
+from common.settings import Settings
+
+pytest_plugins = ["tests.testbed.plugin"]
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A real nats-server on a free loopback port, JetStream under tmp_path."""
+    server = EmbeddedNats(tmp_path / "nats", port=0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    ctx = nc.jetstream()
+    await ensure_resources(ctx)
+    return ctx
+
+
+@pytest.fixture
+def settings(tmp_path: Path, nats_url: str) -> Settings:
+    """Settings for in-process components: the test's NATS, a free gateway port, short timeouts."""
+    return Settings(
+        nats_url=nats_url,
+        port=free_port(),
+        data_dir=str(tmp_path / "data"),
+        registry_urls=(),
+        request_timeout_s=5.0,
+        shutdown_timeout_s=5.0,
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
