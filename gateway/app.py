@@ -30,4 +30,5 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     app[NC] = nc
     app.cleanup_ctx.append(_view_ctx)
     app.add_routes(health.routes)
+    # edge: security, CORS, metrics, proxy, OpenAI routes, OpenAPI (gateway/edge.py install(app)).
     return app
