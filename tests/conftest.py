@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from common.embedded_nats import EmbeddedNats
 from common.jetstream import ensure_resources
 from common.settings import Settings
+from tests.testbed.util import free_port
 
 pytest_plugins = ["tests.testbed.plugin"]
 
@@ -60,11 +61,3 @@ def settings(tmp_path: Path, nats_url: str) -> Settings:
         request_timeout_s=5.0,
         shutdown_timeout_s=5.0,
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

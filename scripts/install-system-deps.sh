@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install and start the system dependencies premd's tests need on Debian bookworm:
+#   docker.io (engine + CLI), docker-registry (OCI registry for push/pull tests),
+#   debootstrap (builds the local base image), iptables (dockerd networking).
+# Idempotent: installs only what is missing, starts dockerd only if no engine answers.
+# Run as root.
+set -euo pipefail
+
+LOG_FILE="${PREMD_DOCKERD_LOG:-/var/log/premd-dockerd.log}"
+DEADLINE_S="${PREMD_DOCKERD_DEADLINE_S:-60}"
+
+say() { printf '[install-system-deps] %s\n' "$*"; }
+die() { printf '[install-system-deps] ERROR: %s\n' "$*" >&2; exit 1; }
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    die "must run as root (try: sudo $0)"
+fi
+
+# package -> a command it provides
+declare -A PROVIDES=(
+    [docker.io]=dockerd
+    [docker-registry]=docker-registry
+    [debootstrap]=debootstrap
+    [iptables]=iptables
+)
+
+missing=()
+for pkg in docker.io docker-registry debootstrap iptables; do
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+        && command -v "${PROVIDES[$pkg]}" >/dev/null 2>&1; then
+        say "already installed: $pkg"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -gt 0 ]]; then
+    say "installing: ${missing[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+else
+    say "all packages present, skipping apt-get"
+fi
+
+if docker info >/dev/null 2>&1; then
+    say "a Docker engine already answers; not starting dockerd"
+else
+    if command -v pgrep >/dev/null 2>&1 && pgrep -x dockerd >/dev/null 2>&1; then
+        say "dockerd process exists but does not answer yet; waiting for it"
+    else
+        say "starting dockerd in the background (log: $LOG_FILE)"
+        mkdir -p "$(dirname "$LOG_FILE")"
+        nohup dockerd >>"$LOG_FILE" 2>&1 </dev/null &
+        say "dockerd pid $!"
+    fi
+    deadline=$(( $(date +%s) + DEADLINE_S ))
+    until docker info >/dev/null 2>&1; do
+        if (( $(date +%s) >= deadline )); then
+            say "last lines of $LOG_FILE:" >&2
+            tail -n 30 "$LOG_FILE" >&2 || true
+            die "Docker engine did not answer 'docker info' within ${DEADLINE_S}s"
+        fi
+        sleep 0.5
+    done
+    say "Docker engine is up"
+fi
+
+say "engine: $(docker version --format 'server {{.Server.Version}}, API {{.Server.APIVersion}}' 2>/dev/null || echo unknown)"
+say "done"

@@ -1,0 +1,96 @@
+"""Commands over a real nats-server: typed replies, typed errors with stable codes, discovery of components."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from nats.aio.client import Client as NATS
+
+from builder.component import Builder
+from common import bus, subjects
+from common.component import Running
+from common.errors import Code, InvalidError, NotFoundError, UnavailableError
+from common.messages import ComponentInfo, Empty, RemoveVolume
+from common.settings import Settings
+from gateway.app import create_app
+from registry_sync.component import RegistrySync
+from scheduler.component import Scheduler
+
+
+class Echo(msgspec.Struct, frozen=True):
+    text: str
+
+
+async def test_typed_request_reply_and_error_codes(nc: NATS) -> None:
+    """A reply decodes to its Struct; a domain error arrives as the typed exception with its code."""
+
+    async def echo(msg: Echo) -> Echo:
+        if msg.text == "missing":
+            raise NotFoundError(Code.SERVICE_NOT_FOUND, "Service not found.")
+        if msg.text == "boom":
+            raise RuntimeError("secret internals")
+        return Echo(text=msg.text.upper())
+
+    svc = await bus.serve(nc, "echo_test", "1.0.0", "test", [bus.endpoint("echo", "test.echo", Echo, echo)])
+    try:
+        assert await bus.request(nc, "test.echo", Echo(text="hi"), Echo, timeout=2) == Echo(text="HI")
+        with pytest.raises(NotFoundError) as not_found:
+            await bus.request(nc, "test.echo", Echo(text="missing"), Echo, timeout=2)
+        assert not_found.value.code == "service.not_found" and not_found.value.message == "Service not found."
+        with pytest.raises(InvalidError) as invalid:
+            await bus.request(nc, "test.echo", RemoveVolume(name="x"), Echo, timeout=2)
+        assert invalid.value.code == "bad_request" and "Echo" in invalid.value.message
+        with pytest.raises(Exception) as internal:
+            await bus.request(nc, "test.echo", Echo(text="boom"), Echo, timeout=2)
+        assert getattr(internal.value, "code", None) == "internal"
+        assert "secret" not in str(internal.value)
+    finally:
+        await svc.stop()
+
+
+async def test_no_responder_is_a_typed_unavailable_error(nc: NATS) -> None:
+    with pytest.raises(UnavailableError) as info:
+        await bus.request(nc, "nobody.listens", Empty(), Empty, timeout=1)
+    assert info.value.code == Code.BUS_UNAVAILABLE
+
+
+@pytest.fixture
+async def workers(settings: Settings, nats_url: str) -> AsyncIterator[Running]:
+    running = Running(settings)
+    await running.start(nats_url, [RegistrySync, Scheduler, Builder])
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_gateway_to_worker_and_back(workers: Running, settings: Settings, nc: NATS) -> None:
+    """The gateway's readiness route asks every worker over NATS; each worker answers its info command."""
+    for name in (subjects.REGISTRY_SYNC, subjects.SCHEDULER, subjects.BUILDER):
+        info = await bus.request(nc, subjects.info_subject(name), Empty(), ComponentInfo, timeout=2)
+        assert info.name == name and info.version
+    async with TestClient(TestServer(create_app(settings, nc))) as client:
+        resp = await client.get("/readyz")
+        body = await resp.json()
+        # The gateway's own micro service is not running in this test: only the three workers answer.
+        assert body["components"] == {"gateway": False, "scheduler": True, "builder": True, "registry_sync": True}
+        assert resp.status == 503 and body["bus"] == "connected"
+        health = await client.get("/v1/")
+        assert health.status == 200 and await health.json() == {"status": True}
+
+
+async def test_srv_ping_discovers_workers(workers: Running, nc: NATS) -> None:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subjects.SRV_PING, b"", reply=inbox)
+    names = set()
+    async with asyncio.timeout(5):
+        while len(names) < 3:
+            msg = await sub.next_msg(timeout=5)
+            names.add(json.loads(msg.data)["name"])
+    assert names == {"registry_sync", "scheduler", "builder"}

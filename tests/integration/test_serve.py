@@ -1,0 +1,117 @@
+"""``premd serve`` as a user runs it: embedded NATS, four components, health, clean SIGTERM, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import nats
+import pytest
+
+from tests.testbed.util import free_port
+
+PREMD = str(Path(sys.executable).parent / "premd")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
+    registry = tmp_path / "registry.json"
+    registry.write_text("[]")
+    env.update(
+        PREMD_DATA_DIR=str(tmp_path / "data"),
+        PREMD_PORT=str(free_port()),
+        PREMD_NATS_PORT=str(free_port()),
+        PREM_REGISTRY_URL=registry.as_uri(),
+    )
+    env.update(extra)
+    return env
+
+
+async def _wait_health(port: int, proc: asyncio.subprocess.Process, deadline: float = 30) -> dict[str, object]:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(deadline):
+        while True:
+            assert proc.returncode is None, "premd exited during start-up"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/v1/") as resp:
+                    if resp.status == 200:
+                        return dict(await resp.json())
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+async def premd(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, str]]]:
+    env = _env(tmp_path)
+    proc = await asyncio.create_subprocess_exec(PREMD, "serve", env=env, stderr=asyncio.subprocess.PIPE)
+    try:
+        yield proc, env
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_health_discovery_and_clean_sigterm(
+    premd: tuple[asyncio.subprocess.Process, dict[str, str]],
+) -> None:
+    proc, env = premd
+    assert await _wait_health(int(env["PREMD_PORT"]), proc) == {"status": True}
+    nc = await nats.connect(f"nats://127.0.0.1:{env['PREMD_NATS_PORT']}")
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SRV.PING", b"", reply=inbox)
+        names = set()
+        async with asyncio.timeout(10):
+            while len(names) < 4:
+                names.add(json.loads((await sub.next_msg(timeout=10)).data)["name"])
+        assert names == {"gateway", "scheduler", "builder", "registry_sync"}
+    finally:
+        await nc.close()
+    children = _children(proc.pid)
+    assert children, "the embedded nats-server should be premd's child"
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await proc.wait() == 0
+    assert not [child for child in children if _alive(child)], "a child of premd outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("extra", "variable"),
+    [({"PREMD_PORT": "not-a-port"}, "PREMD_PORT"), ({"PREMD_HOST": "0.0.0.0"}, "PREMD_HOST")],
+)
+async def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path, extra: dict[str, str], variable: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        PREMD, "serve", env=_env(tmp_path, **extra), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2
+    assert len(lines) == 1 and variable in lines[0], lines
