@@ -88,7 +88,7 @@ async def test_srv_ping_discovers_workers(workers: Running, nc: NATS) -> None:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     await nc.publish(subjects.SRV_PING, b"", reply=inbox)
-    names = set()
+    names: set[str] = set()
     async with asyncio.timeout(5):
         while len(names) < 3:
             msg = await sub.next_msg(timeout=5)

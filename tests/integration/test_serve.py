@@ -81,7 +81,7 @@ async def test_serve_health_discovery_and_clean_sigterm(
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish("$SRV.PING", b"", reply=inbox)
-        names = set()
+        names: set[str] = set()
         async with asyncio.timeout(10):
             while len(names) < 4:
                 names.add(json.loads((await sub.next_msg(timeout=10)).data)["name"])
