@@ -67,6 +67,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long a started service may take to answer its health check (per-service override in the manifest)."""
     restart_policy: str = "no"
     """Docker restart policy for service containers (the scheduler restarts crashed services itself)."""
+    reconcile_interval_s: PositiveFloat = 10.0
+    """Scheduler: how often Docker is relisted to converge, besides reacting to Docker events."""
+    host_facts_interval_s: PositiveFloat = 5.0
+    """Scheduler: how often host facts (GPUs, memory, disk) are refreshed in KV."""
+    crash_backoff_s: PositiveFloat = 1.0
+    """Scheduler: first delay before restarting a crashed service; doubles per crash in a row."""
+    crash_backoff_max_s: PositiveFloat = 300.0
+    """Scheduler: longest delay between restarts of a crash-looping service."""
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     """Comma-separated origins allowed by CORS and for state-changing requests; ``*`` in a port matches any port."""
     autostart: bool = False
@@ -75,6 +83,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long such a request is held while its service starts."""
     max_body_bytes: PositiveInt = 1024 * 1024
     """Largest JSON body accepted by the API routes (the proxy streams and is not limited by this)."""
+    openai_max_body_bytes: PositiveInt = 64 * 1024 * 1024
+    """Largest body the OpenAI-compatible routes read to find ``model`` (audio uploads included)."""
     log_level: str = "INFO"
     """Python logging level name."""
 
@@ -110,7 +120,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if key not in env:
                 continue
             value = env[key]
-            raw[field.name] = _parse(field.type, value)
+            raw[field.name] = _parse(field, value)
             try:
                 msgspec.convert({field.name: raw[field.name]}, cls, strict=False)
             except msgspec.ValidationError as exc:
@@ -126,11 +136,12 @@ def env_name(field: msgspec.structs.FieldInfo) -> str:
     return "PREMD_" + field.name.upper()
 
 
-def _parse(annotation: Any, value: str) -> Any:
-    text = str(annotation)
+def _parse(field: msgspec.structs.FieldInfo, value: str) -> Any:
+    text = str(field.type)
     if "tuple" in text:
-        sep = None if "registry" in text else ","
-        return [part.strip() for part in (value.split(sep) if sep else value.split()) if part.strip()]
+        # PREM_REGISTRY_URL is whitespace-separated like premd's; other lists are comma-separated.
+        parts = value.split() if field.name == "registry_urls" else value.split(",")
+        return [part.strip() for part in parts if part.strip()]
     if "None" in text and value == "":
         return None
     return value
