@@ -131,4 +131,6 @@ async def serve(nc: NATS, name: str, version: str, description: str, endpoints: 
     svc = await add_service(nc, name=name, version=version, description=description, queue_group=name)
     for ep in endpoints:
         await svc.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+    # The server must know our subscriptions before anyone is told we are up (else: "no responders").
+    await nc.flush()
     return svc

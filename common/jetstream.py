@@ -28,7 +28,7 @@ EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 EVENTS_MAX_MSGS = 1_000_000
 
 _KV_BUCKETS = {
-    subjects.KV_CATALOG: 5,
+    subjects.KV_CATALOG: 1,  # entries can be large; history of 10,000 services x 5 would be hundreds of MB
     subjects.KV_REGISTRY_CONFIG: 5,
     subjects.KV_DESIRED: 5,
     subjects.KV_OBSERVED: 1,
@@ -52,11 +52,12 @@ async def ensure_resources(js: JetStreamContext) -> None:
             await js.add_stream(events)
     for bucket, history in _KV_BUCKETS.items():
         await kv_bucket(js, bucket, history)
-    try:
-        await js.object_store(subjects.OBJ_LOGS)
-    except nats.js.errors.BucketNotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(subjects.OBJ_LOGS, ObjectStoreConfig(storage=StorageType.FILE))
+    for store in (subjects.OBJ_LOGS, subjects.OBJ_REGISTRY_CONTENT):
+        try:
+            await js.object_store(store)
+        except nats.js.errors.BucketNotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.create_object_store(store, ObjectStoreConfig(storage=StorageType.FILE))
 
 
 async def kv_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> KeyValue:

@@ -63,6 +63,10 @@ class RegistryStatus(Message, frozen=True):
     bundled: bool = False
     """The content is the snapshot shipped with premd, not yet replaced by a live fetch."""
     bundled_date: str | None = None
+    unsupported: int = 0
+    """Entries kept but not runnable by premd (desktop-only ``serviceType: "binary"`` without dockerImages)."""
+    checked_at: float | None = None
+    """Unix time of the last fetch attempt. Not a change by itself: the KV copy may be older than the live one."""
 
 
 class CatalogEntry(Message, frozen=True):
@@ -112,6 +116,19 @@ class RefreshRegistries(Message, frozen=True):
 
 class RegistryList(Message, frozen=True):
     registries: list[RegistryStatus]
+
+
+class RefreshResult(Message, frozen=True):
+    """Reply to RefreshRegistries: the catalog generation after the refresh and what it changed.
+
+    Not the whole snapshot: a large catalog would not fit in one message (read KV_CATALOG or REGISTRY_SNAPSHOT).
+    """
+
+    generation: int
+    registries: list[RegistryStatus]
+    added: list[str] = msgspec.field(default_factory=list)
+    removed: list[str] = msgspec.field(default_factory=list)
+    changed: list[str] = msgspec.field(default_factory=list)
 
 
 class AddCustomService(Message, frozen=True):

@@ -77,9 +77,14 @@ KV_OBSERVED = "premd_observed"
 KV_HOST = "premd_host"
 """Host facts (GPUs, memory, disk) key HOST_FACTS_KEY, written by the scheduler."""
 HOST_FACTS_KEY = "facts"
+INSTANCE_KEY = "_instance"
+"""KV_DESIRED: this premd's id (not a service id), labelled on its containers so two premds sharing one
+Docker engine never manage each other's containers."""
 
 # --- object stores ---
 OBJ_LOGS = "premd_logs"
+OBJ_REGISTRY_CONTENT = "premd_registry_content"
+"""Each registry's last good document (raw bytes; may exceed a KV value's size), by registry_sync."""
 
 
 def catalog_key(service_id: str) -> str:
@@ -88,3 +93,8 @@ def catalog_key(service_id: str) -> str:
 
 def service_id_from_catalog_key(key: str) -> str | None:
     return key[4:] if key.startswith("svc.") else None
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a KV bucket stores ``key`` under (JetStream's ``$KV`` convention), for pipelined writes."""
+    return f"$KV.{bucket}.{key}"

@@ -1,0 +1,147 @@
+"""Registry documents to catalog entries: pure functions, no I/O.
+
+A document must be a JSON array. Each element is checked on its own: a bad one is skipped with its index,
+its id (when it has a usable one) and the reason, and never affects the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+
+from common.manifest import MANIFEST_KEYS, SERVICE_ID_PATTERN, SERVICE_ID_RE, Manifest
+from common.messages import CatalogEntry, SkippedEntry
+
+BINARY = "binary"
+
+REGISTRY_REQUIRED = ("id", "name", "interfaces")
+"""Keys every registry entry needs; docker services also need DOCKER_REQUIRED."""
+DOCKER_REQUIRED = ("dockerImages", "defaultPort", "defaultExternalPort")
+CUSTOM_REQUIRED = ("id", "name", "modelInfo", "interfaces", "dockerImages", "defaultPort", "defaultExternalPort")
+"""premd's ServiceInput: what POST /v1/services/ requires."""
+
+
+class DocumentError(Exception):
+    """The whole document is unusable (not JSON, not an array): the registry keeps its last good content."""
+
+
+class EntryError(Exception):
+    """One manifest is invalid: ``field`` is the offending key path (``dockerImages.cpu.image``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+class Parsed(msgspec.Struct, frozen=True, kw_only=True):
+    """One registry document, validated."""
+
+    entries: list[CatalogEntry]
+    skipped: list[SkippedEntry]
+    unsupported: int
+    """Entries kept that premd cannot run (desktop-only binary services)."""
+
+
+def parse_document(data: bytes, origin: str) -> Parsed:
+    """Validate a whole registry document; raises DocumentError when it is not a JSON array."""
+    try:
+        items = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DocumentError(f"not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise DocumentError(f"not a JSON array (got {_json_type(items)})")
+    entries: list[CatalogEntry] = []
+    skipped: list[SkippedEntry] = []
+    first_index: dict[str, int] = {}
+    unsupported = 0
+    for index, item in enumerate(items):
+        try:
+            entry = check_entry(item, origin, REGISTRY_REQUIRED)
+        except EntryError as exc:
+            skipped.append(SkippedEntry(index=index, id=usable_id(item), reason=str(exc)))
+            continue
+        service_id = entry.manifest.id
+        if service_id in first_index:
+            reason = f"id: duplicate of entry {first_index[service_id]} in the same registry"
+            skipped.append(SkippedEntry(index=index, id=service_id, reason=reason))
+            continue
+        first_index[service_id] = index
+        unsupported += entry.manifest.docker_images is None
+        entries.append(entry)
+    return Parsed(entries=entries, skipped=skipped, unsupported=unsupported)
+
+
+def check_entry(item: object, origin: str, required: Collection[str]) -> CatalogEntry:
+    """One manifest as a catalog entry, or EntryError naming the field at fault.
+
+    Docker services (no ``serviceType``, or ``"docker"``) need DOCKER_REQUIRED. Desktop-only binary services
+    are kept without them: the catalog lists them as unsupported, as premd should have (its quirk 11).
+    """
+    if not isinstance(item, dict):
+        raise EntryError("", f"expected a JSON object, got {_json_type(item)}")
+    if "id" not in item:
+        raise EntryError("id", "missing")
+    raw_id = item["id"]
+    if not isinstance(raw_id, str):
+        raise EntryError("id", f"expected a string, got {_json_type(raw_id)}")
+    if not SERVICE_ID_RE.match(raw_id):
+        raise EntryError("id", f"{raw_id!r} is not a valid service id (must match {SERVICE_ID_PATTERN})")
+    for key in required:
+        if key not in item:
+            raise EntryError(key, "missing")
+    try:
+        manifest = msgspec.convert(item, Manifest)
+    except msgspec.ValidationError as exc:
+        raise _entry_error(exc) from None
+    if manifest.service_type != BINARY:
+        for key in DOCKER_REQUIRED:
+            if item.get(key) is None:
+                raise EntryError(key, 'missing (required unless serviceType is "binary")')
+    images = manifest.docker_images
+    if images is not None and images.cpu is None and images.gpu is None:
+        raise EntryError("dockerImages", "has neither a cpu nor a gpu image")
+    memory = manifest.model_info.get("memoryRequirements")
+    if memory is not None and (not isinstance(memory, int) or isinstance(memory, bool) or memory < 0):
+        raise EntryError("modelInfo.memoryRequirements", f"expected a whole number of MiB, got {memory!r}")
+    extra = {key: value for key, value in item.items() if key not in MANIFEST_KEYS}
+    return CatalogEntry(manifest=manifest, origin=origin, extra=extra)
+
+
+def usable_id(item: object) -> str | None:
+    """The entry's id when it is a string (for reports), even if the entry is otherwise invalid."""
+    if isinstance(item, dict):
+        value = item.get("id")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _entry_error(exc: msgspec.ValidationError) -> EntryError:
+    # msgspec: "Expected `int`, got `str` - at `$.defaultPort`" / "Object missing required field `image` - at `$.x`"
+    message, _, path = str(exc).partition(" - at `")
+    field = path.rstrip("`").removeprefix("$").removeprefix(".")
+    missing = "Object missing required field `"
+    if message.startswith(missing):
+        name = message[len(missing) :].rstrip("`")
+        return EntryError(f"{field}.{name}" if field else name, "missing")
+    return EntryError(field, message[:1].lower() + message[1:])
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+    return type(value).__name__
