@@ -26,6 +26,7 @@ class Code(StrEnum):
     SERVICE_NOT_RUNNING = "service.not_running"
     SERVICE_START_FAILED = "service.start_failed"
     SERVICE_NOT_READY = "service.not_ready"
+    SERVICE_CRASHED = "service.crashed"
     FIT_GPU_MEMORY = "fit.gpu_memory"
     FIT_MEMORY = "fit.memory"
     FIT_DISK = "fit.disk"
@@ -106,6 +107,7 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.SERVICE_NOT_RUNNING: ConflictError,
     Code.SERVICE_START_FAILED: ConflictError,
     Code.SERVICE_NOT_READY: UnavailableError,
+    Code.SERVICE_CRASHED: ConflictError,
     Code.FIT_GPU_MEMORY: FitError,
     Code.FIT_MEMORY: FitError,
     Code.FIT_DISK: FitError,

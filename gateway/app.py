@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -9,8 +10,12 @@ from nats.aio.client import Client as NATS
 
 from common.jetstream import ensure_resources
 from common.settings import Settings
-from gateway.keys import NC, SETTINGS, VIEW
-from gateway.routes import health
+from gateway import edge
+from gateway.errors import error_middleware, slash_redirect_middleware
+from gateway.keys import LISTING, NC, SETTINGS, STREAMS, VIEW
+from gateway.listing import Listing
+from gateway.routes import downloads, events, health, interfaces, lifecycle, registries, services, stats
+from gateway.streams import close_streams
 from gateway.view import GatewayView
 
 
@@ -20,6 +25,7 @@ async def _view_ctx(app: web.Application) -> AsyncIterator[None]:
     view = GatewayView(js)
     await view.start()
     app[VIEW] = view
+    app[LISTING] = Listing(view)
     yield
     await view.stop()
 
@@ -28,7 +34,13 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[NC] = nc
+    app[STREAMS] = weakref.WeakSet()
     app.cleanup_ctx.append(_view_ctx)
-    app.add_routes(health.routes)
+    app.on_shutdown.append(close_streams)
+    for table in (health, interfaces, registries, services, downloads, lifecycle, stats, events):
+        app.add_routes(table.routes)
     # edge: security, CORS, metrics, proxy, OpenAI routes, OpenAPI (gateway/edge.py install(app)).
+    edge.install(app)
+    # Innermost, after the edge's middlewares: their CORS headers and auth apply to our errors and redirects.
+    app.middlewares.extend([slash_redirect_middleware, error_middleware])
     return app

@@ -1,11 +1,249 @@
-"""The scheduler component."""
+"""The scheduler component: the only process that drives Docker for services.
+
+Endpoints decode commands and hand them to the operations; background loops keep host facts and the
+observed state current and converge Docker to the desired state.
+"""
 
 from __future__ import annotations
 
-from common import subjects
+import asyncio
+import logging
+import re
+from typing import Protocol
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from common import bus, subjects
+from common.catalog import CatalogView
 from common.component import ServiceComponent
+from common.errors import AppError, Code, ConflictError, InvalidError
+from common.jetstream import kv_bucket
+from common.messages import (
+    Ack,
+    ContainerStatsList,
+    Empty,
+    GetContainerStats,
+    GpuInfo,
+    GPUStats,
+    HostFacts,
+    OperationAccepted,
+    OSStats,
+    PullImage,
+    RemoveImage,
+    RemoveVolume,
+    RestartService,
+    ServiceStopped,
+    StartService,
+    StopService,
+)
+from common.settings import Settings
+from scheduler.docker_driver import LABEL_INSTANCE, LABEL_MANAGED, DockerDriver
+from scheduler.events import EventPublisher
+from scheduler.gpu import GpuProbe, gpu_stats
+from scheduler.host import CpuSampler, os_stats, read_host_facts
+from scheduler.operations import Deps, Operations
+from scheduler.ports import PortAllocator
+from scheduler.pulls import Pulls
+from scheduler.reconcile import owner
+from scheduler.reconciler import Reconciler
+from scheduler.state import DesiredStore, ObservedStore, instance_id
+from scheduler.stats import container_stats
+from scheduler.tasks import TaskOwner
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DOCKER_ROOT = "/var/lib/docker"
+PREMD_VOLUME_RE = re.compile(r"^prem-[A-Za-z0-9][A-Za-z0-9_-]*-data$")
+
+
+class GpuSource(Protocol):
+    def list(self) -> list[GpuInfo]: ...
 
 
 class Scheduler(ServiceComponent):
     name = subjects.SCHEDULER
-    description = "premd scheduler"
+    description = "premd scheduler: pulls images, runs service containers, reports their state"
+
+    def __init__(
+        self, settings: Settings, nc: NATS, *, gpu_probe: GpuSource | None = None, driver: DockerDriver | None = None
+    ) -> None:
+        super().__init__(settings, nc)
+        self.gpu_probe: GpuSource = gpu_probe or GpuProbe()
+        self.driver = driver or DockerDriver()
+        self.facts: HostFacts | None = None
+        self._docker_root = DEFAULT_DOCKER_ROOT
+        self._docker_ok = False
+        self._cpu = CpuSampler()
+        self._cpu_percent = 0.0
+        self._loops = TaskOwner()
+        self._work = TaskOwner()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def setup(self) -> None:
+        self.catalog = CatalogView(self.js)
+        await self.catalog.start()
+        self._host_kv: KeyValue = await kv_bucket(self.js, subjects.KV_HOST)
+        desired_kv = await kv_bucket(self.js, subjects.KV_DESIRED)
+        self.instance = await instance_id(desired_kv)
+        desired = DesiredStore(desired_kv)
+        observed = ObservedStore(await kv_bucket(self.js, subjects.KV_OBSERVED))
+        await desired.load()
+        await observed.load()
+        await self.refresh_facts()
+        deps = Deps(
+            settings=self.settings,
+            driver=self.driver,
+            catalog=self.catalog,
+            desired=desired,
+            observed=observed,
+            events=EventPublisher(self.js),
+            tasks=self._work,
+            facts=lambda: self.facts,
+            ports=PortAllocator(self.settings.service_host),
+            instance=self.instance,
+        )
+        self.ops = Operations(deps, on_settled=lambda: self.reconciler.kick())
+        self.reconciler = Reconciler(deps, self.ops)
+        self.pulls = Pulls(deps, self.ops, self._images_changed)
+        self.catalog.entries_mirror.listeners.append(lambda _key, _value: self.reconciler.kick())
+        self._loops.start(self.reconciler.run(), "reconcile")
+        self._loops.start(self.reconciler.watch_docker(), "docker events")
+        self._loops.start(self._facts_loop(), "host facts")
+        try:  # serve once the state in KV matches Docker (or Docker said it is away; bounded: it may be slow)
+            await asyncio.wait_for(self.reconciler.attempted.wait(), self.settings.request_timeout_s)
+        except TimeoutError:
+            logger.warning("first reconcile pass not done within %.0f s", self.settings.request_timeout_s)
+
+    async def teardown(self) -> None:
+        await self._loops.shutdown(0)
+        await self._work.shutdown(self.settings.shutdown_timeout_s / 2)
+        await self.catalog.stop()
+        await self.driver.close()
+
+    def endpoints(self) -> list[bus.Endpoint]:
+        return [
+            bus.endpoint("pull", subjects.SCHEDULER_PULL, PullImage, self._pull),
+            bus.endpoint("start", subjects.SCHEDULER_START, StartService, self._start),
+            bus.endpoint("stop", subjects.SCHEDULER_STOP, StopService, self._stop),
+            bus.endpoint("restart", subjects.SCHEDULER_RESTART, RestartService, self._restart),
+            bus.endpoint("stop_all", subjects.SCHEDULER_STOP_ALL, Empty, self._stop_all),
+            bus.endpoint("remove_image", subjects.SCHEDULER_REMOVE_IMAGE, RemoveImage, self._remove_image),
+            bus.endpoint("remove_volume", subjects.SCHEDULER_REMOVE_VOLUME, RemoveVolume, self._remove_volume),
+            bus.endpoint("prune", subjects.SCHEDULER_PRUNE, Empty, self._prune),
+            bus.endpoint("container_stats", subjects.SCHEDULER_CONTAINER_STATS, GetContainerStats, self._stats),
+            bus.endpoint("host_stats", subjects.SCHEDULER_HOST_STATS, Empty, self._host_stats),
+            bus.endpoint("gpu_stats", subjects.SCHEDULER_GPU_STATS, Empty, self._gpu_stats),
+        ]
+
+    # ------------------------------------------------------------ host facts
+
+    async def refresh_facts(self) -> None:
+        """GPUs, memory and Docker's disk, into KV_HOST (and memory, for the fit checks)."""
+        try:
+            self._docker_root = await self.driver.root_dir()
+            self._docker_ok = True
+        except AppError as exc:
+            logger.warning("docker: %s", exc.message)
+            self._docker_ok = False
+        gpus = await asyncio.to_thread(self.gpu_probe.list)
+        self._cpu_percent = self._cpu.sample()
+        self.facts = await asyncio.to_thread(read_host_facts, gpus, self._docker_root, self._docker_ok)
+        await self._host_kv.put(subjects.HOST_FACTS_KEY, msgspec.json.encode(self.facts))
+
+    async def _facts_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.host_facts_interval_s)  # the refresh period
+            try:
+                await self.refresh_facts()
+            except Exception:  # boundary: keep refreshing
+                logger.exception("host facts refresh failed")
+
+    async def _images_changed(self) -> None:
+        await self.reconciler.refresh_downloads()
+        await self.refresh_facts()
+
+    # ------------------------------------------------------------ commands
+
+    async def _pull(self, cmd: PullImage) -> OperationAccepted:
+        return await self.pulls.pull(cmd)
+
+    async def _start(self, cmd: StartService) -> OperationAccepted:
+        return await self.ops.start(cmd)
+
+    async def _stop(self, cmd: StopService) -> ServiceStopped:
+        return await self.ops.stop(cmd.service_id)
+
+    async def _restart(self, cmd: RestartService) -> OperationAccepted:
+        return await self.ops.restart(cmd.service_id)
+
+    async def _stop_all(self, _: Empty) -> Ack:
+        count = await self.ops.stop_all()
+        return Ack(message=f"Stopped {count} services.")
+
+    async def _remove_image(self, cmd: RemoveImage) -> Ack:
+        image, _ = self.ops.image_for(self.ops.manifest(cmd.service_id))
+        removed = await self.driver.remove_image(image.image)
+        await self._images_changed()
+        return Ack(message=f"Image {image.image} removed." if removed else f"Image {image.image} not found.")
+
+    async def _remove_volume(self, cmd: RemoveVolume) -> Ack:
+        """Only premd's volumes (``prem-<id>-data``, or labelled by premd): never another program's data."""
+        labels = dict(await self.driver.volumes()).get(cmd.name)
+        if labels is None:
+            return Ack(message=f"Volume {cmd.name} not found.")
+        if labels.get(LABEL_MANAGED) != "true" and not PREMD_VOLUME_RE.match(cmd.name):
+            raise InvalidError(Code.BAD_REQUEST, f"Volume {cmd.name} is not premd's (prem-<id>-data): not removed.")
+        try:
+            await self.driver.remove_volume(cmd.name)
+        except ConflictError:
+            raise ConflictError(Code.DOCKER_ERROR, f"Volume {cmd.name} is in use by a container.") from None
+        return Ack(message=f"Volume {cmd.name} removed.")
+
+    async def _prune(self, _: Empty) -> Ack:
+        """premd's stopped containers, dangling images, premd's unused volumes. Never the rest of the host."""
+        containers, space = await self.driver.prune_containers(self.instance)
+        images, image_space = await self.driver.prune_dangling_images()
+        volumes = 0
+        for name, labels in await self.driver.volumes(dangling=True):
+            ours = labels.get(LABEL_INSTANCE) == self.instance
+            legacy = LABEL_MANAGED not in labels and PREMD_VOLUME_RE.match(name)  # made by premd (Python)
+            if ours or legacy:
+                volumes += await self.driver.remove_volume(name)
+        await self._images_changed()
+        self.reconciler.kick()
+        reclaimed = (space + image_space) / 1e6
+        return Ack(
+            message=f"Pruned {containers} containers, {images} images, {volumes} volumes; {reclaimed:.0f} MB reclaimed."
+        )
+
+    # ------------------------------------------------------------ stats
+
+    async def _stats(self, cmd: GetContainerStats) -> ContainerStatsList:
+        """premd's ContainerStats for one running service or all: one-shot Docker stats, concurrently."""
+        known = {e.manifest.id for e in self.catalog.entries()}
+        targets = []
+        for c in await self.driver.containers():
+            sid = owner(c, known, self.instance)
+            if sid is not None and c.running and cmd.service_id in (None, sid):
+                targets.append((sid, c))
+        if cmd.service_id is not None and not targets:
+            raise ConflictError(Code.SERVICE_NOT_RUNNING, f"Service {cmd.service_id} is not running.")
+        docs = await asyncio.gather(*(self.driver.stats(c.id) for _, c in targets), return_exceptions=True)
+        sizes = await asyncio.gather(*(self.driver.image(c.image) for _, c in targets), return_exceptions=True)
+        disk_total = self.facts.disk_total_bytes if self.facts is not None else 0
+        stats = []
+        for (sid, _), doc, image in zip(targets, docs, sizes, strict=True):
+            if isinstance(doc, BaseException):
+                continue  # gone between the listing and the stats call (premd skipped errors too)
+            size = image.size if image is not None and not isinstance(image, BaseException) else 0
+            stats.append(container_stats(sid, doc, size, disk_total))
+        return ContainerStatsList(stats=stats)
+
+    async def _host_stats(self, _: Empty) -> OSStats:
+        return await asyncio.to_thread(os_stats, self._cpu_percent, self._docker_root)
+
+    async def _gpu_stats(self, _: Empty) -> GPUStats:
+        return gpu_stats(await asyncio.to_thread(self.gpu_probe.list))

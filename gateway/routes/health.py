@@ -8,7 +8,10 @@ import msgspec
 from aiohttp import web
 
 from common import subjects
+from gateway.apidoc import documented
+from gateway.errors import json_response
 from gateway.keys import NC
+from gateway.schemas import HealthResponse
 
 routes = web.RouteTableDef()
 
@@ -16,8 +19,12 @@ PING_WINDOW_S = 0.5
 
 
 @routes.get("/v1/")
+@documented(
+    "Health: premd answers (touches nothing else; Prem App's check, reached by following GET /v1)",
+    response=HealthResponse,
+)
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": True})
+    return json_response(HealthResponse(status=True))
 
 
 class _Pong(msgspec.Struct):
@@ -27,6 +34,10 @@ class _Pong(msgspec.Struct):
 
 
 @routes.get("/readyz")
+@documented(
+    "Readiness: the bus is connected and every component answers (503 otherwise)",
+    errors={503: '{"ready": false, "bus": ..., "components": {name: bool}}'},
+)
 async def ready(request: web.Request) -> web.Response:
     """Ready when the bus is connected and every component answered $SRV.PING within a short window."""
     nc = request.app[NC]

@@ -1,0 +1,32 @@
+"""The gateway's edge: what wraps premd's API routes and what sits beside them.
+
+Middlewares, outermost first: CORS preflights, security (rebinding guard, foreign-site refusal, token),
+metrics; then whatever create_app() installed (premd's error envelope, slash redirects). CORS headers on
+every response, streams included, come from an ``on_response_prepare`` hook. Routes: the service proxy,
+the OpenAI-compatible routes, ``/openapi.json`` and ``/docs``, ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import cors, metrics, openai, openapi, proxy, security
+from gateway.keys import SETTINGS
+
+
+def install(app: web.Application) -> None:
+    """Add the edge to an application built by create_app() (after SETTINGS is set, before it starts)."""
+    settings = app[SETTINGS]
+    policy = cors.OriginPolicy(settings.cors_origins)
+    app[cors.POLICY] = policy
+    app[security.GUARD] = security.Guard.from_settings(settings, policy)
+    app[metrics.METRICS] = metrics.Metrics()
+    app[openapi.CACHE] = openapi.SpecCache()
+    app.middlewares[0:0] = [cors.preflight_middleware, security.security_middleware, metrics.metrics_middleware]
+    app.on_response_prepare.append(cors.on_response_prepare)
+    app.cleanup_ctx.append(proxy.client_ctx)
+    app.cleanup_ctx.append(metrics.operations_ctx)
+    app.add_routes(proxy.routes)
+    app.add_routes(openai.routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(metrics.routes)

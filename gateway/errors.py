@@ -1,0 +1,168 @@
+"""premd's error responses: the ``{"detail": {"message": ...}}`` envelope, 422 validation bodies, 307 slash redirects.
+
+Status policy: premd answered every handled error with 400; so do we, with premd's message prefix. What premd
+answered with 500 (or could not fail at all) gets a truthful status instead: 503 when the bus or Docker does not
+answer, 500 (no internals in the body) for bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from common.errors import AppError, Code
+from gateway.schemas import ErrorMessage, ErrorResponse, ValidationErrorResponse, ValidationIssue
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_UNAVAILABLE = frozenset({Code.BUS_TIMEOUT, Code.BUS_UNAVAILABLE, Code.DOCKER_UNAVAILABLE})
+_HIDDEN = "internal error (see premd's log)"
+
+
+class ApiError(Exception):
+    """A handled error of a route: premd's envelope with ``message``."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        """The component's error code behind it, if any."""
+
+    @classmethod
+    def wrap(cls, prefix: str, exc: AppError) -> ApiError:
+        """premd's ``<prefix><error text>`` for an error that came back from a component."""
+        status = status_for(exc)
+        return cls(prefix + (_HIDDEN if status == 500 else exc.message), status, exc.code)
+
+
+class InvalidInput(Exception):
+    """A body or query parameter failed validation: HTTP 422 in FastAPI's shape."""
+
+    def __init__(self, issues: list[ValidationIssue]) -> None:
+        super().__init__("; ".join(f"{issue.loc}: {issue.msg}" for issue in issues))
+        self.issues = issues
+
+
+def status_for(exc: AppError) -> int:
+    if exc.code in _UNAVAILABLE:
+        return 503
+    if exc.code == Code.INTERNAL:
+        return 500
+    return 400
+
+
+def json_response(body: msgspec.Struct | list[Any], status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+def error_response(message: str, status: int = 400, code: str | None = None) -> web.Response:
+    return json_response(ErrorResponse(detail=ErrorMessage(message=message, code=code)), status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.message, exc.status, exc.code)
+    except InvalidInput as exc:
+        return json_response(ValidationErrorResponse(detail=exc.issues), 422)
+    except AppError as exc:
+        status = status_for(exc)
+        if status == 500:
+            logger.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(_HIDDEN if status == 500 else exc.message, status, exc.code)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        # FastAPI's bodies for an unknown path or method.
+        return web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
+    except Exception:  # boundary: one failing request never takes the gateway down, and shows no internals
+        logger.exception("%s %s failed", request.method, request.path)
+        return web.Response(status=500, text="Internal Server Error")
+
+
+@web.middleware
+async def slash_redirect_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Starlette's redirect_slashes: a path that exists only with (or without) a trailing slash gets a 307."""
+    missing = request.match_info.http_exception
+    path = request.rel_url.raw_path
+    if missing is not None and missing.status == 404 and path != "/":
+        other = path[:-1] if path.endswith("/") else path + "/"
+        match = await request.app.router.resolve(request.clone(rel_url=other))
+        found = match.http_exception
+        if found is None or found.status == 405:
+            query = f"?{request.rel_url.raw_query_string}" if request.rel_url.raw_query_string else ""
+            # Absolute, as Starlette answers (built from the Host header the client sent). Returned, not raised,
+            # so that the outer (edge) middlewares see a response to add their headers to.
+            location = f"{request.scheme}://{request.host}{other}{query}"
+            return web.Response(status=307, headers={"Location": location})
+    return await handler(request)
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+# ---------------------------------------------------------------- validation (FastAPI / pydantic v1 shapes)
+
+_TYPE_ERRORS = {
+    "int": ("value is not a valid integer", "type_error.integer"),
+    "float": ("value is not a valid float", "type_error.float"),
+    "str": ("str type expected", "type_error.str"),
+    "bool": ("value could not be parsed to a boolean", "type_error.bool"),
+    "object": ("value is not a valid dict", "type_error.dict"),
+    "array": ("value is not a valid list", "type_error.list"),
+}
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def missing(where: str, name: str) -> InvalidInput:
+    return InvalidInput([ValidationIssue(loc=[where, name], msg="field required", type="value_error.missing")])
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; 422 when absent or not JSON (as FastAPI reports it)."""
+    data = await request.read()
+    if not data.strip():
+        raise InvalidInput([ValidationIssue(loc=["body"], msg="field required", type="value_error.missing")])
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        issue = ValidationIssue(loc=["body", 0], msg=str(exc), type="value_error.jsondecode")
+        raise InvalidInput([issue]) from None
+
+
+def convert(value: Any, type_: type[T], where: str = "body") -> T:
+    """``value`` as ``type_`` (lax, as pydantic v1 coerced "8000" to 8000); 422 naming the first bad field."""
+    try:
+        return msgspec.convert(value, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput([_issue(str(exc), where)]) from None
+
+
+async def read_body(request: web.Request, type_: type[T]) -> T:
+    return convert(await read_json(request), type_)
+
+
+def _issue(text: str, where: str) -> ValidationIssue:
+    # msgspec: "Object missing required field `id` - at `$.x`", "Expected `int`, got `str` - at `$.defaultPort`"
+    message, _, at = text.partition(" - at `")
+    loc: list[str | int] = [where]
+    for name, index in _PATH_PART.findall(at.rstrip("`").removeprefix("$")):
+        loc.append(int(index) if index else name)
+    required = re.fullmatch(r"Object missing required field `(.+)`", message)
+    if required:
+        return ValidationIssue(loc=[*loc, required.group(1)], msg="field required", type="value_error.missing")
+    expected = re.match(r"Expected `(\w+)", message)
+    if expected and expected.group(1) in _TYPE_ERRORS:
+        msg, kind = _TYPE_ERRORS[expected.group(1)]
+        return ValidationIssue(loc=loc, msg=msg, type=kind)
+    return ValidationIssue(loc=loc, msg=message, type="value_error")

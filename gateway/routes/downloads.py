@@ -1,0 +1,191 @@
+"""Image downloads: blocking, NDJSON (Docker-like lines) and premd's SSE progress stream (what Prem App uses).
+
+Each subscribes to the service's events, sends SCHEDULER_PULL, then follows the operation the reply names.
+Success is reported only once the gateway view shows the service downloaded (Prem App refetches the list
+on "Download complete" and must see the change); a failure is reported as such, never as complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+
+import msgspec
+from aiohttp import web
+
+from common import subjects
+from common.messages import OperationAccepted, OperationEvent, PullImage
+from gateway import streams
+from gateway.apidoc import documented
+from gateway.errors import ApiError, json_response
+from gateway.keys import VIEW
+from gateway.operations import (
+    SERVICE_NOT_FOUND,
+    OperationFailed,
+    Update,
+    ask,
+    catch_up,
+    next_update,
+    require_service,
+    watch_service,
+)
+from gateway.schemas import (
+    ProgressDetail,
+    PullErrorDetail,
+    PullErrorLine,
+    PullFailed,
+    PullLayerLine,
+    PullProgress,
+    PullStatusLine,
+    SuccessResponse,
+)
+from gateway.streams import Channel, Closed, premd_sse_message, premd_sse_ping, sse_response
+
+logger = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+PULL_FAILED = "Failed to download image "
+SHUTTING_DOWN = "premd is shutting down"
+_DOCKER_LAYER_DONE = "Download complete"
+"""A layer's Docker status; Prem App would take it for the end of the whole pull."""
+
+
+class PullOutcome(Exception):
+    """The pull ended without success: ``message`` says why."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@asynccontextmanager
+async def _pull(request: web.Request) -> AsyncIterator[AsyncIterator[OperationEvent | None]]:
+    """Start (or join) the service's pull; yields its progress events, None every ping interval without one."""
+    service_id = request.match_info["service_id"]
+    require_service(request, service_id)
+    async with watch_service(request, service_id) as updates:
+        reply = await ask(
+            request, subjects.SCHEDULER_PULL, PullImage(service_id=service_id), OperationAccepted, PULL_FAILED
+        )
+        async with aclosing(_progress(request, service_id, updates, reply.operation_id)) as progress:
+            yield progress
+
+
+async def _progress(
+    request: web.Request, service_id: str, updates: Channel[Update], operation_id: str | None
+) -> AsyncGenerator[OperationEvent | None]:
+    """Progress events until the pull succeeded and the view shows it; raises PullOutcome otherwise."""
+    try:
+        while operation_id is not None:
+            try:
+                item = await next_update(updates, operation_id, streams.PING_INTERVAL_S)
+            except TimeoutError:
+                yield None
+                continue
+            if isinstance(item, OperationEvent) and item.type == "succeeded":
+                break
+            if isinstance(item, OperationEvent) and item.type == "progress":
+                yield item
+        await catch_up(request)  # downloaded=true was written before the event: make the listing show it
+    except OperationFailed as exc:
+        raise PullOutcome(exc.message, exc.code) from None
+    except Closed:
+        raise PullOutcome(SHUTTING_DOWN) from None
+
+
+@routes.get("/v1/download-service/{service_id}")
+@documented(
+    "Download the service's image; answers when the pull has ended",
+    response=SuccessResponse,
+    errors={400: f"{SERVICE_NOT_FOUND} / Failed to download image <reason>"},
+)
+async def download(request: web.Request) -> web.Response:
+    async with _pull(request) as progress:
+        try:
+            async for _ in progress:
+                pass
+        except PullOutcome as exc:
+            raise ApiError(PULL_FAILED + exc.message, 503 if exc.message == SHUTTING_DOWN else 400, exc.code) from None
+    return json_response(SuccessResponse(message="Download image successfully."))
+
+
+@routes.get("/v1/download-service-stream-sse/{service_id}")
+@documented(
+    "Download with progress as Server-Sent Events (premd's framing): unnamed events "
+    '{"status", "percentage"} never going backwards, a ping comment every 15 s, and last either '
+    '{"status": "Download complete", "percentage": 100} (the list already shows downloaded: true) or '
+    '{"status": "Error", "error": ..., "percentage": <last>}',
+    response=None,
+    content_type="text/event-stream",
+    errors={400: f"{SERVICE_NOT_FOUND} / Failed to download image <reason> (before streaming)"},
+)
+async def download_sse(request: web.Request) -> web.StreamResponse:
+    async with _pull(request) as progress:
+        resp = sse_response()
+        await resp.prepare(request)
+        percentage = 0.0
+        final: msgspec.Struct = PullProgress(status="Download complete", percentage=100)
+        try:
+            async for event in progress:
+                if event is None:
+                    await resp.write(premd_sse_ping())
+                    continue
+                percentage = max(percentage, round(event.percentage or 0.0, 2))
+                status = event.status if event.status not in ("", _DOCKER_LAYER_DONE) else "Downloading"
+                await resp.write(
+                    premd_sse_message(msgspec.json.encode(PullProgress(status=status, percentage=percentage)))
+                )
+        except PullOutcome as exc:
+            final = PullFailed(error=exc.message, percentage=percentage)
+        except ConnectionResetError:
+            return resp  # the client left; the pull goes on in the scheduler
+        await _write_last(resp, premd_sse_message(msgspec.json.encode(final)))
+    return resp
+
+
+@routes.get("/v1/download-service-stream/{service_id}")
+@documented(
+    "Download with progress as newline-delimited JSON shaped like Docker's pull events: "
+    '{"status", "progressDetail": {"current", "total"}, "id": <layer>} per layer change, then '
+    '{"status": "Status: Downloaded image for <image>"} or {"error", "errorDetail": {"message"}}',
+    response=None,
+    content_type="text/event-stream",
+    errors={400: f"{SERVICE_NOT_FOUND} / Failed to download image <reason> (before streaming)"},
+)
+async def download_ndjson(request: web.Request) -> web.StreamResponse:
+    async with _pull(request) as progress:
+        resp = web.StreamResponse()
+        resp.content_type = "text/event-stream"  # premd's (misleading) content type, kept for its clients
+        resp.charset = "utf-8"
+        await resp.prepare(request)
+        seen: dict[str, tuple[str, int]] = {}
+        final: msgspec.Struct
+        try:
+            async for event in progress:
+                for layer in (event.layers or []) if event is not None else []:
+                    if seen.get(layer.id) == (layer.status, layer.current):
+                        continue
+                    seen[layer.id] = (layer.status, layer.current)
+                    detail = ProgressDetail(current=layer.current, total=layer.total)
+                    line = PullLayerLine(status=layer.status, progress_detail=detail, id=layer.id)
+                    await resp.write(msgspec.json.encode(line) + b"\n")
+            state = request.app[VIEW].state(request.match_info["service_id"])
+            image = state.downloaded_image if state is not None and state.downloaded_image else ""
+            final = PullStatusLine(status=f"Status: Downloaded image for {image}")
+        except PullOutcome as exc:
+            final = PullErrorLine(error=exc.message, error_detail=PullErrorDetail(message=exc.message))
+        except ConnectionResetError:
+            return resp
+        await _write_last(resp, msgspec.json.encode(final) + b"\n")
+    return resp
+
+
+async def _write_last(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass

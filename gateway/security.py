@@ -1,0 +1,144 @@
+"""Who may drive premd: the bearer token, the foreign-site refusal, and the DNS-rebinding guard.
+
+Rules, in order (a refused request never reaches a handler):
+
+1. **Host** (only when premd listens on loopback without a token): the ``Host`` header must name this
+   machine (``localhost``, ``*.localhost``, a loopback IP). A page on a rebound DNS name would otherwise be
+   "same-origin" with premd and pass the next rule.
+2. **Foreign site** (requests that change state: every method but GET/HEAD/OPTIONS, WebSocket upgrades, and
+   premd's GET action routes such as ``stop-service`` and ``system-prune``): refused when the browser says
+   the request comes from elsewhere, i.e. an ``Origin`` that is not allowed, or no ``Origin`` and
+   ``Sec-Fetch-Site: cross-site`` (an ``<img src>`` or a link to ``/v1/system-prune/``). An allowed
+   ``Origin`` passes even when cross-site (the Tauri desktop app is ``tauri://localhost``). Clients without
+   ``Origin`` (curl, SDKs) pass. The proxy and the OpenAI routes count too: a web page must not POST to a
+   model any more than stop one.
+3. **Token** (when ``PREMD_API_TOKEN`` is set): ``Authorization: Bearer <token>`` on every route but the
+   health check (``GET /v1/``, ``GET /v1``), compared in constant time. Browsers cannot add a header to an
+   ``EventSource`` or a ``WebSocket``, so those two (a GET with ``Accept: text/event-stream``, or an upgrade)
+   may carry it as ``?access_token=`` instead.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from common.settings import Settings
+from gateway import problems
+from gateway.cors import OriginPolicy
+from gateway.metrics import METRICS
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+STATE_CHANGING_GET_PREFIXES = (
+    "/v1/download-service",  # also -stream and -stream-sse: they start a pull
+    "/v1/run-service",
+    "/v1/stop-service/",
+    "/v1/restart-service/",
+    "/v1/stop-all-services",
+    "/v1/remove-service/",
+    "/v1/remove-volume/",
+    "/v1/system-prune",
+)
+HEALTH_PATHS = frozenset({"/v1/", "/v1"})
+TOKEN_QUERY = "access_token"
+
+
+def is_state_changing(method: str, path: str, upgrade: str) -> bool:
+    if method not in SAFE_METHODS or upgrade.lower() == "websocket":
+        return True
+    return method != "OPTIONS" and path.startswith(STATE_CHANGING_GET_PREFIXES)
+
+
+def foreign_site(origin: str | None, fetch_site: str | None, policy: OriginPolicy) -> str | None:
+    """The refusal code when the browser says the request comes from a site not allowed; None when fine."""
+    if origin is not None:
+        return None if policy.allows(origin) else problems.FOREIGN_ORIGIN
+    if fetch_site == "cross-site":
+        return problems.CROSS_SITE
+    return None
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a ``Host`` header naming this machine: localhost, *.localhost or a loopback IP (any port)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def bearer_matches(authorization: str | None, token: bytes) -> bool:
+    if not authorization:
+        return False
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token)
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The rules above, built once from the settings."""
+
+    policy: OriginPolicy
+    token: bytes | None
+    check_host: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings, policy: OriginPolicy) -> Guard:
+        token = settings.api_token.encode() if settings.api_token else None
+        return cls(policy=policy, token=token, check_host=token is None and not settings.is_exposed())
+
+    def refusal(self, request: web.Request) -> problems.EdgeError | None:
+        headers = request.headers
+        if self.check_host and not is_loopback_host(headers.get("Host", "localhost")):
+            return problems.EdgeError(
+                403, problems.HOST_NOT_ALLOWED, "premd answers only to localhost names without an API token"
+            )
+        if is_state_changing(request.method, request.path, headers.get("Upgrade", "")):
+            code = foreign_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), self.policy)
+            if code is not None:
+                return problems.EdgeError(403, code, "requests that change state are refused from other sites")
+        if self.token is not None and not self._authenticated(request):
+            code = problems.AUTH_INVALID if "Authorization" in headers else problems.AUTH_REQUIRED
+            return problems.EdgeError(
+                401, code, "a valid 'Authorization: Bearer <token>' header is required", {"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    def _authenticated(self, request: web.Request) -> bool:
+        assert self.token is not None
+        if request.method in ("GET", "HEAD") and request.path in HEALTH_PATHS:
+            return True
+        headers = request.headers
+        if bearer_matches(headers.get("Authorization"), self.token):
+            return True
+        if request.method == "GET" and (
+            "text/event-stream" in headers.get("Accept", "") or headers.get("Upgrade", "").lower() == "websocket"
+        ):
+            given = request.query.get(TOKEN_QUERY)
+            return given is not None and hmac.compare_digest(given.encode(), self.token)
+        return False
+
+
+GUARD = web.AppKey("security_guard", Guard)
+
+
+@web.middleware
+async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = request.app[GUARD].refusal(request)
+    if refused is not None:
+        request.app[METRICS].refused.inc((refused.code,))
+        return problems.as_premd(refused)
+    return await handler(request)

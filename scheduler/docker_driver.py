@@ -1,0 +1,390 @@
+"""The scheduler's only door to Docker: aiodocker calls in, typed Structs out, DockerError mapped to AppError.
+
+Labels identify premd's containers (``io.premd.*``); this module owns their names and parses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+import msgspec
+from aiodocker.events import DockerEvents
+
+from common.errors import AppError, Code, ConflictError, InternalError, NotFoundError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+LABEL_MANAGED = "io.premd.managed"
+LABEL_INSTANCE = "io.premd.instance"
+"""Which premd (one per JetStream store) owns the container: several may share a Docker engine."""
+LABEL_SERVICE = "io.premd.service"
+LABEL_OPERATION = "io.premd.operation"
+LABEL_GENERATION = "io.premd.generation"
+_UNTAGGED = "<none>:<none>"
+_NO_CONNECTION = 900
+"""aiodocker's status for "cannot connect to the Docker engine"."""
+LABEL_GPUS = "io.premd.gpus"
+"""Comma-separated GPU UUIDs the container was given (empty for CPU services)."""
+
+
+class ContainerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One container as listed by Docker, with premd's labels parsed."""
+
+    id: str
+    name: str
+    image: str
+    state: str
+    """Docker's state: created, running, restarting, paused, exited, dead, removing."""
+    managed: bool
+    """Carries premd's labels (False for a premd-compatible container found by name only)."""
+    instance: str | None = None
+    service_id: str | None = None
+    operation_id: str | None = None
+    generation: int = 0
+    gpus: list[str] = msgspec.field(default_factory=list)
+    host_port: int | None = None
+    volume_name: str | None = None
+    created: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "restarting", "paused")
+
+
+class ContainerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A container's run state from inspect."""
+
+    id: str
+    status: str
+    running: bool
+    exit_code: int | None
+    error: str = ""
+    oom_killed: bool = False
+    device_requests: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ImageInfo(msgspec.Struct, frozen=True):
+    id: str
+    tags: list[str]
+    size: int
+
+
+class PullEvent(msgspec.Struct, frozen=True):
+    """One line of Docker's pull stream (only the fields progress needs)."""
+
+    status: str
+    id: str = ""
+    current: int = 0
+    total: int = 0
+
+
+class DockerEvent(msgspec.Struct, frozen=True):
+    kind: str
+    """"container" or "image"."""
+    action: str
+    object_id: str
+    name: str
+    labels: dict[str, str]
+
+
+class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a service container is created from."""
+
+    name: str
+    image: str
+    instance: str
+    service_id: str
+    operation_id: str
+    generation: int
+    env: list[str] = msgspec.field(default_factory=list)
+    command: str | None = None
+    container_port: int | None = None
+    host_ip: str = "127.0.0.1"
+    host_port: int | None = None
+    volume_name: str | None = None
+    volume_path: str | None = None
+    gpu_uuids: list[str] = msgspec.field(default_factory=list)
+    restart_policy: str = "no"
+
+
+def service_labels(instance: str, service_id: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance, LABEL_SERVICE: service_id}
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The Docker create body: no auto-remove (crash logs survive), ports on one host address, GPUs by UUID."""
+    labels = service_labels(spec.instance, spec.service_id) | {
+        LABEL_OPERATION: spec.operation_id,
+        LABEL_GENERATION: str(spec.generation),
+        LABEL_GPUS: ",".join(spec.gpu_uuids),
+    }
+    host: dict[str, Any] = {"AutoRemove": False, "RestartPolicy": {"Name": spec.restart_policy}}
+    config: dict[str, Any] = {"Image": spec.image, "Env": list(spec.env), "Labels": labels, "HostConfig": host}
+    if spec.command:
+        config["Cmd"] = shlex.split(spec.command)
+    if spec.container_port is not None:
+        key = f"{spec.container_port}/tcp"
+        config["ExposedPorts"] = {key: {}}
+        port = "" if spec.host_port is None else str(spec.host_port)
+        host["PortBindings"] = {key: [{"HostIp": spec.host_ip, "HostPort": port}]}
+    if spec.volume_name and spec.volume_path:
+        host["Binds"] = [f"{spec.volume_name}:{spec.volume_path}:rw"]
+    if spec.gpu_uuids:
+        host["DeviceRequests"] = [
+            {"Driver": "nvidia", "Count": 0, "DeviceIDs": list(spec.gpu_uuids), "Capabilities": [["gpu"]]}
+        ]
+    return config
+
+
+@contextlib.contextmanager
+def _mapped(what: str, not_found: Code = Code.CONTAINER_NOT_FOUND) -> Iterator[None]:
+    """Translate aiodocker / connection failures into premd's error codes."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        message = f"{what}: {exc.message}"
+        if exc.status == _NO_CONNECTION:
+            raise UnavailableError(Code.DOCKER_UNAVAILABLE, message) from None
+        if exc.status == 404:
+            raise NotFoundError(not_found, message) from None
+        if exc.status == 409:
+            raise ConflictError(Code.DOCKER_ERROR, message) from None
+        raise InternalError(Code.DOCKER_ERROR, message) from None
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+        raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: Docker does not answer ({exc})") from None
+
+
+def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
+    labels: dict[str, str] = raw.get("Labels") or {}
+    names = raw.get("Names") or []
+    ports = [p for p in raw.get("Ports") or [] if p.get("PublicPort")]
+    mounts = [m for m in raw.get("Mounts") or [] if m.get("Name")]
+    generation = labels.get(LABEL_GENERATION, "0")
+    return ContainerInfo(
+        id=raw["Id"],
+        name=names[0].lstrip("/") if names else "",
+        image=raw.get("Image", ""),
+        state=raw.get("State", ""),
+        managed=labels.get(LABEL_MANAGED) == "true",
+        instance=labels.get(LABEL_INSTANCE),
+        service_id=labels.get(LABEL_SERVICE),
+        operation_id=labels.get(LABEL_OPERATION),
+        generation=int(generation) if generation.isdigit() else 0,
+        gpus=[u for u in labels.get(LABEL_GPUS, "").split(",") if u],
+        host_port=int(ports[0]["PublicPort"]) if ports else None,
+        volume_name=mounts[0]["Name"] if mounts else None,
+        created=float(raw.get("Created", 0)),
+    )
+
+
+class DockerDriver:
+    """Async Docker operations the scheduler needs; every method raises AppError, never DockerError."""
+
+    def __init__(self, docker: aiodocker.Docker | None = None) -> None:
+        self._docker = docker or aiodocker.Docker()
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    # ------------------------------------------------------------ engine
+
+    async def root_dir(self) -> str:
+        """Where Docker stores images (for disk facts)."""
+        with _mapped("docker info"):
+            info: Mapping[str, Any] = await self._docker.system.info()
+        return str(info.get("DockerRootDir") or "/var/lib/docker")
+
+    # ------------------------------------------------------------ images
+
+    async def images(self) -> list[ImageInfo]:
+        with _mapped("list images"):
+            raw: list[dict[str, Any]] = await self._docker.images.list()
+        return [ImageInfo(i["Id"], [t for t in i.get("RepoTags") or [] if t != _UNTAGGED], i["Size"]) for i in raw]
+
+    async def image(self, ref: str) -> ImageInfo | None:
+        try:
+            with _mapped(f"inspect image {ref}", Code.IMAGE_NOT_FOUND):
+                raw: dict[str, Any] = await self._docker.images.inspect(ref)
+        except NotFoundError:
+            return None
+        return ImageInfo(raw["Id"], raw.get("RepoTags") or [], raw.get("Size", 0))
+
+    async def pull(self, ref: str) -> AsyncIterator[PullEvent]:
+        """Docker's pull stream; a failed pull raises AppError(image.pull_failed) with Docker's reason."""
+        try:
+            async for item in self._docker.images.pull(ref, stream=True):
+                detail = item.get("progressDetail") or {}
+                yield PullEvent(
+                    status=str(item.get("status", "")),
+                    id=str(item.get("id", "")),
+                    current=int(detail.get("current") or 0),
+                    total=int(detail.get("total") or 0),
+                )
+        except aiodocker.DockerError as exc:
+            if exc.status == _NO_CONNECTION:
+                raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"pull {ref}: {exc.message}") from None
+            raise AppError(Code.PULL_FAILED, f"pull {ref}: {exc.message}") from None
+        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+            raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"pull {ref}: Docker does not answer ({exc})") from None
+
+    async def remove_image(self, ref: str) -> bool:
+        """Force-remove an image; False when it was not there."""
+        try:
+            with _mapped(f"remove image {ref}", Code.IMAGE_NOT_FOUND):
+                await self._docker.images.delete(ref, force=True)
+        except NotFoundError:
+            return False
+        return True
+
+    async def prune_dangling_images(self) -> tuple[int, int]:
+        with _mapped("prune images"):
+            result: dict[str, Any] = await self._docker.images.prune(filters={"dangling": ["true"]})
+        return len(result.get("ImagesDeleted") or []), int(result.get("SpaceReclaimed") or 0)
+
+    # ------------------------------------------------------------ containers
+
+    async def containers(self) -> list[ContainerInfo]:
+        """Every container on the host (premd's are picked by the caller: labels, or a service id as name)."""
+        with _mapped("list containers"):
+            raw: list[dict[str, Any]] = await self._docker._query_json("containers/json", params={"all": "1"})
+        return [_container_info(c) for c in raw]
+
+    async def status(self, container_id: str) -> ContainerStatus | None:
+        try:
+            with _mapped(f"inspect container {container_id}"):
+                raw: dict[str, Any] = await self._docker._query_json(f"containers/{container_id}/json")
+        except NotFoundError:
+            return None
+        state = raw.get("State") or {}
+        running = bool(state.get("Running"))
+        return ContainerStatus(
+            id=raw["Id"],
+            status=str(state.get("Status", "")),
+            running=running,
+            exit_code=None if running else int(state.get("ExitCode", 0)),
+            error=str(state.get("Error") or ""),
+            oom_killed=bool(state.get("OOMKilled")),
+            device_requests=(raw.get("HostConfig") or {}).get("DeviceRequests") or [],
+        )
+
+    async def create(self, spec: ContainerSpec) -> str:
+        with _mapped(f"create container {spec.name}", Code.IMAGE_NOT_DOWNLOADED):
+            container = await self._docker.containers.create(container_config(spec), name=spec.name)
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        with _mapped(f"start container {container_id}"):
+            await self._docker.containers.container(container_id).start()
+
+    async def restart(self, container_id: str, timeout_s: int = 10) -> None:
+        with _mapped(f"restart container {container_id}"):
+            await self._docker.containers.container(container_id).restart(timeout=timeout_s)
+
+    async def kill(self, container_id: str) -> None:
+        with contextlib.suppress(NotFoundError, ConflictError), _mapped(f"kill container {container_id}"):
+            await self._docker.containers.container(container_id).kill()
+
+    async def remove(self, container_id: str) -> bool:
+        """Force-remove (kills a running one); volumes are kept. False when it was already gone."""
+        try:
+            with _mapped(f"remove container {container_id}"):
+                await self._docker.containers.container(container_id).delete(force=True)
+        except NotFoundError:
+            return False
+        except ConflictError as exc:
+            if "already in progress" in exc.message:
+                return True
+            raise
+        return True
+
+    async def logs_tail(self, container_id: str, lines: int = 20) -> list[str]:
+        try:
+            with _mapped(f"logs of {container_id}"):
+                chunks: list[str] = await self._docker.containers.container(container_id).log(
+                    stdout=True, stderr=True, tail=str(lines)
+                )
+        except AppError:
+            return []
+        return "".join(chunks).splitlines()[-lines:]
+
+    async def exec(self, container_id: str, command: str) -> int | None:
+        """Run a command in the container, wait for it, return its exit code."""
+        with _mapped(f"exec in {container_id}"):
+            container = self._docker.containers.container(container_id)
+            ex = await container.exec(shlex.split(command), stdout=True, stderr=True)
+            async with ex.start(detach=False) as stream:
+                while await stream.read_out() is not None:
+                    pass
+            info: dict[str, Any] = await ex.inspect()
+        code = info.get("ExitCode")
+        return int(code) if code is not None else None
+
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """One stats document with precpu filled (Docker samples twice, ~1 s, without blocking the loop)."""
+        with _mapped(f"stats of {container_id}"):
+            docs: list[dict[str, Any]] = await self._docker.containers.container(container_id).stats(stream=False)
+        return docs[0] if docs else {}
+
+    async def prune_containers(self, instance: str) -> tuple[int, int]:
+        """This premd's stopped containers only (by label), never the rest of the host."""
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
+        with _mapped("prune containers"):
+            result: dict[str, Any] = await self._docker.containers.prune(filters={"label": labels})
+        return len(result.get("ContainersDeleted") or []), int(result.get("SpaceReclaimed") or 0)
+
+    # ------------------------------------------------------------ volumes
+
+    async def ensure_volume(self, name: str, instance: str, service_id: str) -> None:
+        with _mapped(f"create volume {name}"):
+            body = json.dumps({"Name": name, "Labels": service_labels(instance, service_id)})
+            await self._docker._query_json("volumes/create", method="POST", data=body)
+
+    async def volumes(self, *, dangling: bool = False) -> list[tuple[str, dict[str, str]]]:
+        """(name, labels) of volumes; dangling: only those no container uses."""
+        params = {"filters": json.dumps({"dangling": ["true"]})} if dangling else {}
+        with _mapped("list volumes"):
+            raw: dict[str, Any] = await self._docker._query_json("volumes", params=params)
+        return [(v["Name"], v.get("Labels") or {}) for v in raw.get("Volumes") or []]
+
+    async def remove_volume(self, name: str) -> bool:
+        """False when it did not exist; a volume in use is a conflict."""
+        try:
+            with _mapped(f"remove volume {name}", Code.VOLUME_NOT_FOUND):
+                async with self._docker._query(f"volumes/{name}", method="DELETE"):
+                    pass
+        except NotFoundError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ events
+
+    async def events(self) -> AsyncIterator[DockerEvent]:
+        """Container and image events until the stream ends (the caller re-subscribes and relists)."""
+        source = DockerEvents(self._docker)  # type: ignore[no-untyped-call]
+        filters = json.dumps({"type": ["container", "image"]})
+        subscriber = source.subscribe(filters=filters)  # type: ignore[no-untyped-call]
+        try:
+            while True:
+                item = await subscriber.get()
+                if item is None:
+                    return
+                actor = item.get("Actor") or {}
+                attributes: dict[str, str] = actor.get("Attributes") or {}
+                yield DockerEvent(
+                    kind=str(item.get("Type") or ""),
+                    action=str(item.get("Action") or item.get("status") or ""),
+                    object_id=str(actor.get("ID") or item.get("id") or ""),
+                    name=attributes.get("name", ""),
+                    labels={k: v for k, v in attributes.items() if k.startswith("io.premd.")},
+                )
+        finally:
+            # stop() re-raises what ended the stream (the engine went away): the caller relists anyway.
+            with contextlib.suppress(Exception):
+                await source.stop()  # type: ignore[no-untyped-call]

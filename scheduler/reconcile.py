@@ -1,0 +1,153 @@
+"""Pure reconcile decisions: desired state vs the containers Docker has -> actions. No I/O.
+
+A service's containers are those labelled with its id, plus (premd compatibility) an unlabelled
+container named exactly after a known service id. Rules:
+
+- A service with an operation in flight is left alone (the operation owns it).
+- Desired running: a running container is adopted (duplicates are removed); none, or only a
+  created/exited one, means start (after a crash: with backoff, decided by the caller).
+- Not desired (or no desired state): premd-labelled containers that run are orphans and are removed;
+  exited ones are kept so their logs survive (prune removes them). An unlabelled container named after
+  a known service is never removed by reconcile; when it runs and nothing is desired it is adopted
+  (the desired state becomes "running"), as premd would have listed it as running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from common.messages import DesiredState
+from scheduler.docker_driver import ContainerInfo
+
+CRASHLOOP_AFTER = 3
+"""Crashes in a row (each within CRASH_WINDOW_S of the previous) that make a crash loop."""
+CRASH_WINDOW_S = 600.0
+
+
+class Remove(msgspec.Struct, frozen=True, tag=True):
+    service_id: str
+    container: ContainerInfo
+    reason: str
+
+
+class Adopt(msgspec.Struct, frozen=True, tag=True):
+    """The service's live container: observe it (and record desired "running" when nothing was desired)."""
+
+    service_id: str
+    container: ContainerInfo
+    record_desired: bool = False
+
+
+class Start(msgspec.Struct, frozen=True, tag=True):
+    """The service should run and does not. ``previous`` is the dead container, if any (a crash when it exited)."""
+
+    service_id: str
+    previous: ContainerInfo | None = None
+
+    @property
+    def crashed(self) -> bool:
+        return self.previous is not None and self.previous.state in ("exited", "dead")
+
+
+class Idle(msgspec.Struct, frozen=True, tag=True):
+    """Nothing runs and nothing should: observed state is "not running" (``container`` = a kept dead one)."""
+
+    service_id: str
+    container: ContainerInfo | None = None
+
+
+Action = Remove | Adopt | Start | Idle
+
+
+def owner(container: ContainerInfo, known_ids: Iterable[str] | set[str], instance: str) -> str | None:
+    """The service a container belongs to, or None when it is not this premd's.
+
+    Another premd's containers (another instance label) are never this one's, even when named after
+    a service id this premd knows.
+    """
+    if container.managed:
+        ours = container.instance in (None, instance)
+        return container.service_id if ours and container.service_id else None
+    if container.name in known_ids:
+        return container.name
+    return None
+
+
+def _rank(service_id: str, c: ContainerInfo) -> tuple[bool, bool, int, float]:
+    return (c.running, c.name == service_id, c.generation, c.created)
+
+
+def decide(
+    known_ids: set[str],
+    desired: Mapping[str, DesiredState],
+    containers: Iterable[ContainerInfo],
+    busy: set[str],
+    instance: str,
+) -> list[Action]:
+    """What to do for every service that is known, desired or has a container of this premd."""
+    by_service: dict[str, list[ContainerInfo]] = {}
+    for c in containers:
+        sid = owner(c, known_ids, instance)
+        if sid is not None:
+            by_service.setdefault(sid, []).append(c)
+    actions: list[Action] = []
+    for sid in sorted(known_ids | set(desired) | set(by_service)):
+        if sid in busy:
+            continue
+        actions.extend(_decide_one(sid, desired.get(sid), by_service.get(sid, [])))
+    return actions
+
+
+def _decide_one(sid: str, desired: DesiredState | None, found: list[ContainerInfo]) -> list[Action]:
+    ranked = sorted(found, key=lambda c: _rank(sid, c), reverse=True)
+    primary = ranked[0] if ranked else None
+    actions: list[Action] = []
+    if desired is not None and desired.running:
+        # Duplicates go, whatever their state: one container per service.
+        actions += [Remove(sid, c, "duplicate") for c in ranked[1:] if c.managed]
+        if primary is not None and primary.running:
+            actions.append(Adopt(sid, primary))
+        else:
+            actions.append(Start(sid, primary))
+        return actions
+    adopt = desired is None and primary is not None and primary.running and not primary.managed
+    kept: ContainerInfo | None = None
+    for c in ranked:
+        if adopt and c is primary:
+            continue
+        if c.managed and c.state in ("running", "restarting", "paused", "created"):
+            actions.append(Remove(sid, c, "orphan"))
+        elif kept is None and not c.running:
+            kept = c
+    if adopt and primary is not None:
+        actions.append(Adopt(sid, primary, record_desired=True))
+    else:
+        actions.append(Idle(sid, kept))
+    return actions
+
+
+# ---------------------------------------------------------------- crash backoff (pure)
+
+
+class Backoff(msgspec.Struct, frozen=True):
+    container_id: str
+    """The dead container this record is about (one record per crash)."""
+    crashes: int
+    last_crash_at: float
+    next_start_at: float
+
+    @property
+    def crashloop(self) -> bool:
+        return self.crashes >= CRASHLOOP_AFTER
+
+
+def after_crash(previous: Backoff | None, container_id: str, now: float, base_s: float, cap_s: float) -> Backoff:
+    """The backoff after a crash: doubles per crash in a row, capped; a quiet window resets it."""
+    if previous is not None and previous.container_id == container_id:
+        return previous
+    in_a_row = previous is not None and now - previous.last_crash_at <= CRASH_WINDOW_S
+    crashes = previous.crashes + 1 if previous is not None and in_a_row else 1
+    delay = min(base_s * 2 ** (crashes - 1), cap_s)
+    return Backoff(container_id=container_id, crashes=crashes, last_crash_at=now, next_start_at=now + delay)

@@ -1,0 +1,218 @@
+"""The reconcile loop: relist Docker on start-up, on every relevant Docker event and periodically; converge.
+
+Each pass also publishes a ServiceState for every catalog service (``downloaded`` and friends), so the
+gateway's listing never asks Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from common.errors import AppError, Code
+from common.fit import select_image
+from common.messages import CatalogEntry
+from scheduler.docker_driver import ContainerInfo, DockerEvent
+from scheduler.events import new_operation_id
+from scheduler.operations import LOG_TAIL_LINES, Deps, Operations
+from scheduler.reconcile import Action, Adopt, Idle, Remove, Start, after_crash, decide, owner
+from scheduler.state import image_status
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_S = 0.05
+"""Docker events come in bursts (create, start, ...): one pass for a burst."""
+EVENTS_RETRY_S = 1.0
+_CONTAINER_ACTIONS = frozenset(
+    {"create", "start", "die", "destroy", "stop", "kill", "oom", "pause", "unpause", "rename"}
+)
+_IMAGE_ACTIONS = frozenset({"pull", "delete", "tag", "untag", "import", "load"})
+
+
+class Reconciler:
+    def __init__(self, deps: Deps, ops: Operations) -> None:
+        self.d = deps
+        self._ops = ops
+        self._kick = asyncio.Event()
+        self._wake_at: float | None = None
+        self.passes = 0
+        self.converged = asyncio.Event()
+        """Set after the first complete pass."""
+        self.attempted = asyncio.Event()
+        """Set after the first pass, complete or not (Docker may be away)."""
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # ------------------------------------------------------------ loops
+
+    async def run(self) -> None:
+        """Pass, then wait for a kick, the relist interval or the next backoff deadline; forever."""
+        while True:
+            self._kick.clear()
+            try:
+                await self.pass_once()
+            except AppError as exc:
+                logger.warning("reconcile: %s", exc.message)
+            except Exception:  # boundary: the loop must outlive one bad pass
+                logger.exception("reconcile pass failed")
+            self.attempted.set()
+            timeout = self.d.settings.reconcile_interval_s
+            if self._wake_at is not None:
+                timeout = max(0.0, min(timeout, self._wake_at - time.monotonic()))
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout)
+                await asyncio.sleep(DEBOUNCE_S)  # coalesce a burst of events
+            except TimeoutError:
+                pass
+
+    async def watch_docker(self) -> None:
+        """Kick a pass on each Docker event about premd's containers or images; resubscribe when it ends."""
+        while True:
+            try:
+                async for event in self.d.driver.events():
+                    if self._relevant(event):
+                        self.kick()
+            except AppError as exc:
+                logger.warning("docker events: %s", exc.message)
+            except Exception:  # boundary: the watch must outlive a broken stream
+                logger.exception("docker events stream failed")
+            await asyncio.sleep(EVENTS_RETRY_S)  # the engine went away: retry, then relist
+            self.kick()
+
+    def _relevant(self, event: DockerEvent) -> bool:
+        if event.kind == "image":
+            return event.action in _IMAGE_ACTIONS
+        if event.action not in _CONTAINER_ACTIONS:
+            return False
+        return bool(event.labels) or self.d.catalog.get(event.name) is not None
+
+    # ------------------------------------------------------------ one pass
+
+    async def pass_once(self) -> None:
+        started = time.monotonic()
+        containers = await self.d.driver.containers()
+        tags = [t for image in await self.d.driver.images() for t in image.tags]
+        entries = self.d.catalog.entries()
+        known = {e.manifest.id for e in entries}
+        await self._refresh_downloads(entries, tags)
+        busy = self._ops.busy() | {sid for sid in known if self._ops.settled_since(sid, started)}
+        self._wake_at = None
+        for action in decide(known, dict(self.d.desired.items()), containers, busy, self.d.instance):
+            if action.service_id in self._ops.busy():
+                continue  # an operation began while this pass was deciding
+            try:
+                await self._apply(action, known)
+            except AppError as exc:
+                logger.warning("reconcile %s: %s", action.service_id, exc.message)
+        await self._forget(known, containers)
+        self.passes += 1
+        self.converged.set()
+
+    async def refresh_downloads(self) -> None:
+        tags = [t for image in await self.d.driver.images() for t in image.tags]
+        await self._refresh_downloads(self.d.catalog.entries(), tags)
+
+    async def _refresh_downloads(self, entries: list[CatalogEntry], tags: list[str]) -> None:
+        facts = self.d.facts()
+        for entry in entries:
+            image, _ = select_image(entry.manifest, facts)
+            downloaded, local, needs_update = image_status(image.image, tags) if image else (False, None, False)
+            await self.d.observed.change(
+                entry.manifest.id, downloaded=downloaded, downloaded_image=local, needs_update=needs_update
+            )
+
+    async def _apply(self, action: Action, known: set[str]) -> None:
+        sid = action.service_id
+        if isinstance(action, Remove):
+            if action.reason == "orphan" and self.d.desired.wants_running(sid):
+                return
+            logger.info("removing %s container %s of %s", action.reason, action.container.name, sid)
+            await self.d.driver.remove(action.container.id)
+        elif isinstance(action, Adopt):
+            await self._adopt(action)
+        elif isinstance(action, Start):
+            await self._start(action)
+        elif sid in known or action.container is not None:
+            await self._idle(action)
+
+    async def _adopt(self, action: Adopt) -> None:
+        sid, c = action.service_id, action.container
+        if action.record_desired:
+            logger.info("adopting container %s for %s", c.name, sid)
+            await self.d.desired.set(sid, True, new_operation_id())
+        state = self.d.observed.state(sid)
+        if state.container_id == c.id and state.ready:
+            await self.d.observed.change(sid, phase="ready", running=True, host_port=c.host_port)
+        else:
+            self._ops.watch(sid, c)
+
+    async def _start(self, action: Start) -> None:
+        sid, previous = action.service_id, action.previous
+        if previous is None or not action.crashed:
+            self._ops.start_for_reconcile(sid)
+            return
+        now = time.monotonic()
+        settings = self.d.settings
+        old = self._ops.backoff.get(sid)
+        record = after_crash(old, previous.id, now, settings.crash_backoff_s, settings.crash_backoff_max_s)
+        if record is not old:
+            self._ops.backoff[sid] = record
+            await self._record_crash(sid, previous, record.next_start_at - now, record.crashloop)
+        if now >= record.next_start_at:
+            if self._ops.start_for_reconcile(sid):
+                state = self.d.observed.state(sid)
+                await self.d.observed.change(sid, restarts=state.restarts + 1)
+        elif self._wake_at is None or record.next_start_at < self._wake_at:
+            self._wake_at = record.next_start_at
+
+    async def _record_crash(self, sid: str, container: ContainerInfo, delay_s: float, crashloop: bool) -> None:
+        status = await self.d.driver.status(container.id)
+        code = status.exit_code if status is not None else None
+        tail = await self.d.driver.logs_tail(container.id, LOG_TAIL_LINES)
+        what = "crash loop" if crashloop else "crashed"
+        message = f"Service {sid} {what}: exit code {code}; restarting in {delay_s:.0f} s."
+        logger.warning("%s", message)
+        phase = "crashloop" if crashloop else "failed"
+        await self.d.observed.change(
+            sid,
+            phase=phase,
+            running=False,
+            ready=False,
+            host_port=None,
+            container_id=container.id,
+            error_code=Code.SERVICE_CRASHED,
+            last_error=message,
+            exit_code=code,
+            log_tail=tail,
+        )
+        await self.d.events.publish(
+            new_operation_id(), sid, "reconcile", "state", phase=phase, status=what, message=message, exit_code=code
+        )
+
+    async def _idle(self, action: Idle) -> None:
+        sid, kept = action.service_id, action.container
+        state = self.d.observed.state(sid)
+        keep = state.phase in ("failed", "crashloop") or (state.phase == "pulling" and sid in self._ops.pulling)
+        phase = state.phase if keep else "stopped"
+        await self.d.observed.change(
+            sid,
+            phase=phase,
+            running=False,
+            ready=False,
+            host_port=None,
+            container_id=kept.id if kept is not None and phase != "stopped" else None,
+            volume_name=None,
+            gpus=[],
+        )
+
+    async def _forget(self, known: set[str], containers: list[ContainerInfo]) -> None:
+        """Drop observed state of services that left the catalog and have nothing left on the host."""
+        if self.d.catalog.meta is None:
+            return  # no catalog yet: nothing to compare with
+        owned = {owner(c, known, self.d.instance) for c in containers}
+        for sid, _ in self.d.observed.items():
+            if sid not in known and sid not in owned and not self.d.desired.wants_running(sid):
+                if sid not in self._ops.busy():
+                    await self.d.observed.delete(sid)

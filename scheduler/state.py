@@ -1,0 +1,189 @@
+"""The scheduler's KV state: desired and observed service state, cached in memory, written with CAS.
+
+The scheduler is the only writer of both buckets; the cache makes reads free and lets a write be
+skipped when nothing but the timestamp would change. A stale revision (another writer, or a restarted
+scheduler racing its predecessor's last write) re-reads and re-applies the transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from common import subjects
+from common.errors import Code, error_for
+from common.jetstream import kv_get
+from common.messages import DesiredState, ServiceState
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+ATTEMPTS = 10
+
+
+def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
+    """Equal but for ``updated_at`` (a timestamp alone is not a change worth a write)."""
+    if type(a) is not type(b):
+        return False
+    fields = [f for f in a.__struct_fields__ if f != "updated_at"]
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+class CachedKV(Generic[T]):
+    """One bucket's values in memory plus revisions; ``update`` is a compare-and-set transition."""
+
+    def __init__(self, kv: KeyValue, type_: type[T]) -> None:
+        self._kv = kv
+        self._type = type_
+        self._values: dict[str, tuple[T | None, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def load(self) -> None:
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        for key in keys:
+            if not key.startswith("_"):  # reserved keys (never a service id) hold other things
+                self._values[key] = await kv_get(self._kv, key, self._type)
+
+    def get(self, key: str) -> T | None:
+        return self._values.get(key, (None, 0))[0]
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(k, v) for k, (v, _) in self._values.items() if v is not None]
+
+    async def update(self, key: str, fn: Callable[[T | None], T]) -> T:
+        """Apply ``fn`` to the current value and store the result unless only its timestamp changed."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            current, revision = self._values.get(key, (None, 0))
+            for _ in range(ATTEMPTS):
+                new = fn(current)
+                if current is not None and _same(current, new):
+                    return current
+                data = msgspec.json.encode(new)
+                try:
+                    if revision == 0:
+                        revision = await self._kv.create(key, data)
+                    else:
+                        revision = await self._kv.update(key, data, last=revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    current, revision = await kv_get(self._kv, key, self._type)
+                    continue
+                self._values[key] = (new, revision)
+                return new
+        raise error_for(Code.STATE_CONFLICT, f"{key}: too many concurrent writers")
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await self._kv.delete(key)
+        self._values.pop(key, None)
+
+
+class ObservedStore(CachedKV[ServiceState]):
+    """KV_OBSERVED: what the scheduler sees per service, for the gateway."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        super().__init__(kv, ServiceState)
+
+    def state(self, service_id: str) -> ServiceState:
+        return self.get(service_id) or ServiceState(service_id=service_id)
+
+    async def change(self, service_id: str, **changes: object) -> ServiceState:
+        """Set fields (and the timestamp, when anything else changed)."""
+
+        def apply(current: ServiceState | None) -> ServiceState:
+            base = current or ServiceState(service_id=service_id)
+            return msgspec.structs.replace(base, updated_at=time.time(), **changes)
+
+        return await self.update(service_id, apply)
+
+
+class DesiredStore(CachedKV[DesiredState]):
+    """KV_DESIRED: what the user asked for per service (survives a scheduler crash)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        super().__init__(kv, DesiredState)
+
+    def wants_running(self, service_id: str) -> bool:
+        desired = self.get(service_id)
+        return desired is not None and desired.running
+
+    async def set(self, service_id: str, running: bool, operation_id: str, *, force: bool = False) -> DesiredState:
+        """Record intent; a start bumps the generation (labelled on the container it makes)."""
+
+        def apply(current: DesiredState | None) -> DesiredState:
+            generation = (current.generation if current else 0) + (1 if running else 0)
+            return DesiredState(
+                service_id=service_id,
+                running=running,
+                generation=generation,
+                operation_id=operation_id,
+                force=force,
+                updated_at=time.time(),
+            )
+
+        return await self.update(service_id, apply)
+
+
+async def instance_id(kv: KeyValue) -> str:
+    """This premd's id, made once and kept in KV (so it survives restarts; a new data dir is a new premd)."""
+    for _ in range(ATTEMPTS):
+        try:
+            entry = await kv.get(subjects.INSTANCE_KEY)
+            if entry.value:
+                return entry.value.decode()
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            made = uuid.uuid4().hex[:16]
+            await kv.create(subjects.INSTANCE_KEY, made.encode())
+            return made
+    raise error_for(Code.STATE_CONFLICT, "could not read or create the instance id")
+
+
+# ---------------------------------------------------------------- image references (pure)
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``host:port/name:tag`` -> (``host:port/name``, ``tag``): the tag is after the last ``/`` (premd's bug)."""
+    ref = ref.split("@", 1)[0]
+    head, _, last = ref.rpartition("/")
+    if ":" in last:
+        name, tag = last.rsplit(":", 1)
+        return (f"{head}/{name}" if head else name), tag
+    return ref, "latest"
+
+
+def normalize_ref(ref: str) -> str:
+    """How Docker lists a reference: explicit tag, no ``docker.io/`` or ``library/`` prefix."""
+    repo, tag = split_ref(ref)
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if repo.startswith(prefix):
+            repo = repo[len(prefix) :]
+    if repo.startswith("library/") and repo.count("/") == 1:
+        repo = repo[len("library/") :]
+    return f"{repo}:{tag}"
+
+
+def image_status(ref: str, local_tags: Iterable[str]) -> tuple[bool, str | None, bool]:
+    """(downloaded, local tag to run, needs update) for a service image, like premd but by repository.
+
+    Every tag of every local image is looked at (premd looked only at the first one).
+    """
+    wanted = normalize_ref(ref)
+    repo = split_ref(wanted)[0]
+    same_repo = [tag for tag in (normalize_ref(t) for t in local_tags) if split_ref(tag)[0] == repo]
+    if wanted in same_repo:
+        return True, wanted, False
+    if same_repo:
+        return True, sorted(same_repo)[-1], True
+    return False, None, False

@@ -1,0 +1,176 @@
+"""premd as a user runs it (`premd serve`, embedded NATS, real Docker, a registry file), driven like Prem App.
+
+Registry -> listing -> SSE download from a real OCI registry -> run -> chat through the proxy (streamed)
+-> stop -> restart of premd keeps the custom registry -> SIGTERM leaves no container running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import pytest
+
+from tests.testbed.oci_registry import OciRegistry
+from tests.testbed.sse import iter_sse
+from tests.testbed.util import free_port
+
+pytestmark = pytest.mark.docker
+
+PREMD = str(Path(sys.executable).parent / "premd")
+ORIGIN = "http://localhost:1420"  # Prem App's dev origin, allowed by default
+
+
+async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(PREMD, "serve", env=env, stderr=asyncio.subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{env['PREMD_PORT']}"
+    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+        while True:
+            assert proc.returncode is None, "premd exited during start-up"
+            try:
+                async with session.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        return await proc.wait()
+
+
+@pytest.fixture
+async def pushed_image(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
+    name = f"premd-test/e2e-{uuid.uuid4().hex[:8]}"
+    remote = await oci_registry.push(docker, ref_image, name=name)
+    await docker.images.delete(remote, force=True)
+    try:
+        yield remote
+    finally:
+        try:
+            await docker.images.delete(remote, force=True)
+        except aiodocker.DockerError:
+            pass
+
+
+async def test_prem_app_flow(tmp_path: Path, pushed_image: str, docker: aiodocker.Docker) -> None:
+    service_id = f"e2e-chat-{uuid.uuid4().hex[:8]}"
+    manifest = {
+        "id": service_id,
+        "name": "E2E Chat",
+        "description": "reference chat service",
+        "documentation": "",
+        "icon": "",
+        "modelInfo": {"memoryRequirements": 64, "tokensPerSecond": 20},
+        "interfaces": ["chat"],
+        "dockerImages": {"cpu": {"size": 200_000_000, "image": pushed_image}},
+        "defaultPort": 8000,
+        "defaultExternalPort": free_port(),
+        "volumePath": "/data",
+        "futureKey": {"kept": True},
+    }
+    registry_file = tmp_path / "registry.json"
+    registry_file.write_text(json.dumps([manifest]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
+    env.update(
+        PREMD_DATA_DIR=str(tmp_path / "data"),
+        PREMD_PORT=str(free_port()),
+        PREMD_NATS_PORT=str(free_port()),
+        PREM_REGISTRY_URL=registry_file.as_uri(),
+    )
+    base = f"http://127.0.0.1:{env['PREMD_PORT']}"
+    headers = {"Origin": ORIGIN}
+    proc = await _start(env)
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            service: dict[str, Any] = {}
+            async with asyncio.timeout(30):
+                while True:  # the first fetch of the registry runs in the background
+                    async with http.get(f"{base}/v1/services/{service_id}") as resp:
+                        if resp.status == 200:
+                            service = await resp.json()
+                            break
+                    await asyncio.sleep(0.1)
+            assert service["supported"] is True and service["downloaded"] is False and service["running"] is False
+            assert service["baseUrl"].endswith(f"/proxy/{service_id}")
+
+            # Download as Prem App does: EventSource, unnamed events, "Download complete" last.
+            percentages: list[float] = []
+            async with http.get(f"{base}/v1/download-service-stream-sse/{service_id}") as resp:
+                assert resp.status == 200
+                assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+                async for event in iter_sse(resp):
+                    assert event.event == "message"
+                    payload = json.loads(event.data)
+                    if payload["status"] == "Download complete":
+                        async with http.get(f"{base}/v1/services/{service_id}") as check:
+                            assert (await check.json())["downloaded"] is True
+                        break
+                    assert "error" not in payload, payload
+                    percentages.append(payload["percentage"])
+            assert percentages == sorted(percentages)
+
+            async with http.post(f"{base}/v1/run-service/", json={"id": service_id}) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+                assert body["message"].startswith("Service started successfully. Container running on port ")
+            async with http.get(f"{base}/v1/services/{service_id}") as resp:
+                service = await resp.json()
+            assert service["running"] is True and service["volumeName"] == f"prem-{service_id}-data"
+
+            # Chat through the proxy (baseUrl), streamed as the browser reads it.
+            chat = {"model": service_id, "messages": [{"role": "user", "content": "hello"}], "stream": True}
+            async with asyncio.timeout(60):
+                while True:  # running != ready: the proxy answers 503 until the health check passes
+                    async with http.post(f"{service['baseUrl']}/v1/chat/completions", json=chat) as resp:
+                        if resp.status == 503:
+                            await asyncio.sleep(0.1)
+                            continue
+                        assert resp.status == 200
+                        events = [e async for e in iter_sse(resp)]
+                        break
+            assert events[-1].data == "[DONE]" and len(events) > 2
+
+            async with http.get(f"{base}/v1/stop-service/{service_id}") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/v1/services/{service_id}") as resp:
+                service = await resp.json()
+            assert service["running"] is False and service["runningPort"] is None
+
+            # A foreign web page cannot start it again.
+            async with http.post(
+                f"{base}/v1/run-service/", json={"id": service_id}, headers={"Origin": "https://evil.example"}
+            ) as resp:
+                assert resp.status == 403
+    finally:
+        assert await _stop(proc) == 0
+
+    # premd restarted on the same data directory: the catalog and the downloaded state are still there.
+    proc = await _start(env)
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{base}/v1/services/{service_id}") as resp:
+                service = await resp.json()
+            assert resp.status == 200 and service["downloaded"] is True
+    finally:
+        assert await _stop(proc) == 0
+        for container in await docker.containers.list(all=True, filters={"name": [service_id]}):
+            await container.delete(force=True)
+        try:
+            volume = await docker.volumes.get(f"prem-{service_id}-data")  # type: ignore[no-untyped-call]
+            await volume.delete()
+        except aiodocker.DockerError:
+            pass

@@ -1,0 +1,250 @@
+"""OpenAI-compatible routes, /openapi.json and /docs, and /metrics, on a real nats-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from openapi_spec_validator import validate
+
+from common import subjects
+from common.jetstream import kv_bucket
+from common.messages import OperationAccepted, OperationEvent, ServiceState, StartService
+from common.settings import Settings
+from tests.integration.edge_support import Client, gateway, put_service, ref_service, seen
+from tests.testbed.sse import iter_sse
+from tests.testbed.util import wait_until
+
+
+def _sid() -> str:
+    return f"svc-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def ref_port() -> AsyncIterator[int]:
+    async with ref_service() as port:
+        yield port
+
+
+@pytest.fixture
+async def edge(settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int) -> AsyncIterator[tuple[Client, str]]:
+    sid = _sid()
+    async with gateway(settings, nc) as client:
+        await put_service(js, sid, host_port=ref_port)
+        await seen(client, sid, "ready")
+        yield client, sid
+
+
+# ---------------------------------------------------------------- OpenAI routes
+
+
+async def test_requests_reach_the_service_named_by_model(edge: tuple[Client, str]) -> None:
+    client, sid = edge
+    async with client.post("/v1/embeddings", json={"model": sid, "input": "hello"}) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["model"] == sid and len(body["data"][0]["embedding"]) == 384
+
+    # The body is forwarded byte for byte: odd spacing and unknown keys survive.
+    raw = b'{"model" : "%s",  "input": ["x"], "extra": {"k": [1, 2]}}' % sid.encode()
+    async with client.post("/v1/images/generations", data=raw, headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["data"][0]["b64_json"]
+
+    chat = {"model": sid, "messages": [{"role": "user", "content": "hi"}], "stream": True, "ref_tokens": 3}
+    async with client.post("/v1/chat/completions", json=chat) as resp:
+        events = [e async for e in iter_sse(resp)]
+    assert [e.event for e in events] == ["completion", "completion", "completion", "done"]
+    assert events[-1].data == "[DONE]"
+
+    form = aiohttp.FormData()
+    form.add_field("model", sid)
+    form.add_field("file", b"\x00RIFF fake audio" * 1000, filename="a.wav", content_type="audio/wav")
+    async with client.post("/v1/audio/transcriptions", data=form) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["text"].startswith("reference transcription of")
+    async with client.post(
+        f"/v1/audio/transcriptions?model={sid}",
+        data=b"--x--",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    ) as resp:
+        assert resp.status == 200  # a2t-whisper's own convention: model in the query
+
+
+async def test_openai_errors(edge: tuple[Client, str], settings: Settings, nc: NATS) -> None:
+    client, sid = edge
+    cases = [
+        ({"model": "gpt-4", "input": "x"}, 404, "model_not_found"),
+        ({"input": "x"}, 400, "request.invalid"),
+        (b"{not json", 400, "request.invalid"),
+    ]
+    for body, status, code in cases:
+        kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+        async with client.post("/v1/embeddings", **kwargs) as resp:
+            assert resp.status == status, body
+            error = (await resp.json())["error"]
+            assert error["code"] == code and error["message"] and error["type"]
+    async with client.post(
+        "/v1/audio/transcriptions", data=b"--x--", headers={"Content-Type": "multipart/form-data; boundary=x"}
+    ) as resp:
+        assert resp.status == 400
+
+    small = msgspec.structs.replace(settings, openai_max_body_bytes=1024)
+    async with gateway(small, nc) as limited:
+        async with limited.post("/v1/embeddings", json={"model": sid, "input": "x" * 2048}) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["error"]["code"] == "request.too_large"
+
+
+async def test_models_lists_ready_services(edge: tuple[Client, str], js: JetStreamContext) -> None:
+    client, sid = edge
+    stopped = _sid()
+    await put_service(js, stopped, phase="stopped")
+    await seen(client, stopped)
+    async with client.get("/v1/models") as resp:
+        listing = await resp.json()
+    assert listing["object"] == "list"
+    assert [m["id"] for m in listing["data"]] == [sid]
+    assert listing["data"][0]["object"] == "model" and listing["data"][0]["owned_by"] == "premd"
+    async with client.get(f"/v1/models/{sid}") as resp:
+        assert (await resp.json())["id"] == sid
+    async with client.get(f"/v1/models/{stopped}") as resp:
+        assert resp.status == 404
+
+
+async def test_autostart_starts_the_service_and_holds_the_request(
+    settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int
+) -> None:
+    sid = _sid()
+    observed = await kv_bucket(js, subjects.KV_OBSERVED)
+    starts: list[StartService] = []
+
+    async def fake_scheduler(msg: Msg) -> None:
+        command = msgspec.json.decode(msg.data, type=StartService)
+        starts.append(command)
+        await msg.respond(msgspec.json.encode(OperationAccepted(operation_id="op-1", service_id=sid, kind="start")))
+        for phase in ("starting", "ready"):
+            state = ServiceState(
+                service_id=sid,
+                phase=phase,
+                host_port=ref_port if phase == "ready" else None,
+                operation_id="op-1",
+                updated_at=time.time(),
+            )
+            await observed.put(sid, msgspec.json.encode(state))
+
+    sub = await nc.subscribe(subjects.SCHEDULER_START, cb=fake_scheduler)
+    try:
+        on = msgspec.structs.replace(settings, autostart=True, autostart_wait_s=10.0)
+        async with gateway(on, nc) as client:
+            await put_service(js, sid, phase="stopped")
+            await seen(client, sid, "stopped")
+            async with client.post("/v1/embeddings", json={"model": sid, "input": "hi"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["model"] == sid
+        assert [s.service_id for s in starts] == [sid]
+    finally:
+        await sub.unsubscribe()
+
+    # Without autostart the same request is refused with the reason.
+    other = _sid()
+    async with gateway(settings, nc) as client:
+        await put_service(js, other, phase="stopped")
+        await seen(client, other, "stopped")
+        async with client.post("/v1/embeddings", json={"model": other, "input": "hi"}) as resp:
+            assert resp.status == 409
+
+
+async def test_autostart_wait_is_bounded(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
+    sid = _sid()
+
+    async def slow_scheduler(msg: Msg) -> None:  # accepts, never gets ready
+        await msg.respond(msgspec.json.encode(OperationAccepted(operation_id="op-2", service_id=sid, kind="start")))
+
+    sub = await nc.subscribe(subjects.SCHEDULER_START, cb=slow_scheduler)
+    try:
+        on = msgspec.structs.replace(settings, autostart=True, autostart_wait_s=0.3)
+        async with gateway(on, nc) as client:
+            await put_service(js, sid, phase="stopped")
+            await seen(client, sid, "stopped")
+            async with client.post("/v1/chat/completions", json={"model": sid}) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"]
+                assert (await resp.json())["error"]["code"] == "service.not_ready"
+    finally:
+        await sub.unsubscribe()
+
+
+# ---------------------------------------------------------------- OpenAPI and docs
+
+
+async def test_openapi_is_valid_and_lists_every_route(edge: tuple[Client, str]) -> None:
+    client, _ = edge
+    async with client.get("/openapi.json") as resp:
+        assert resp.status == 200
+        spec = await resp.json()
+    validate(spec)
+    assert spec["info"]["title"] == "Prem Daemon"
+    app = client.app
+    for route in app.router.routes():
+        if route.resource is None:
+            continue
+        path = route.resource.canonical
+        assert path in spec["paths"], path
+        method = "get" if route.method == "*" else route.method.lower()
+        if method != "head":
+            assert method in spec["paths"][path], (method, path)
+    embeddings = spec["paths"]["/v1/embeddings"]["post"]
+    assert embeddings["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelRequest")
+    assert spec["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    async with client.get("/docs") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+    assert "/proxy/{service_id}/{path}" in page and "/v1/chat/completions" in page and "<script" not in page
+
+
+# ---------------------------------------------------------------- metrics
+
+
+async def test_metrics_exposition(edge: tuple[Client, str], nc: NATS) -> None:
+    client, sid = edge
+    async with client.post(f"/proxy/{sid}/echo?raw=1", data=b"x" * 1000) as resp:
+        assert len(await resp.read()) == 1000
+    async with client.get("/v1/nothing-here") as resp:
+        assert resp.status == 404
+    async with client.get("/v1/stop-service/x", headers={"Origin": "https://evil.example"}) as resp:
+        assert resp.status == 403
+    for result in ("succeeded", "failed"):
+        event = OperationEvent(operation_id="op", service_id=sid, kind="pull", type=result, at=time.time())
+        await nc.publish(subjects.service_event(sid, "op", result), msgspec.json.encode(event))
+
+    async def counted() -> bool:
+        async with client.get("/metrics") as resp:
+            text = await resp.text()
+        return 'premd_operations_total{kind="pull",result="failed"} 1' in text
+
+    await wait_until(counted, deadline_s=5.0, interval=0.02, what="operations counted")
+    async with client.get("/metrics") as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await resp.text()
+    assert 'premd_http_requests_total{route="/proxy/{service_id}/{path}",method="POST",status="200"} 1' in text
+    assert 'premd_http_requests_total{route="unmatched",method="GET",status="404"} 1' in text
+    assert 'premd_http_refused_total{code="security.foreign_origin"} 1' in text
+    assert f'premd_proxy_bytes_total{{service="{sid}",direction="in"}} 1000' in text
+    assert f'premd_proxy_bytes_total{{service="{sid}",direction="out"}} 1000' in text
+    assert f'premd_proxy_requests_total{{service="{sid}",status="200"}} 1' in text
+    assert f'premd_proxy_upstream_latency_seconds_count{{service="{sid}"}} 1' in text
+    assert f'premd_proxy_duration_seconds_bucket{{service="{sid}",le="+Inf"}} 1' in text
+    assert 'premd_services{phase="ready"} 1' in text
+    assert 'premd_operations_total{kind="pull",result="succeeded"} 1' in text
+    for line in text.splitlines():  # every sample line: name{labels} value
+        if not line.startswith("#"):
+            float(line.rsplit(" ", 1)[1])
