@@ -486,8 +486,14 @@ async def test_download_run_stop_remove(full_api: Client, pushed_layer: str) -> 
     try:
         await _lifecycle(api, service_id, pushed_layer)
     finally:
-        async with api.get(f"/v1/stop-service/{service_id}") as resp:
-            await resp.read()
+        await _stop_and_remove_volume(api, service_id)
+
+
+async def _stop_and_remove_volume(api: Client, service_id: str) -> None:
+    async with api.get(f"/v1/stop-service/{service_id}") as resp:
+        await resp.read()
+    async with api.get(f"/v1/remove-volume/prem-{service_id}-data") as resp:
+        await resp.read()
 
 
 async def _lifecycle(api: Client, service_id: str, image: str) -> None:
@@ -571,8 +577,7 @@ async def test_blocking_and_ndjson_downloads_and_stop_all(full_api: Client, push
         assert not any(s["running"] for s in await get_json(api, "/v1/services/"))
     finally:
         for service_id in (first, second):
-            async with api.get(f"/v1/stop-service/{service_id}") as resp:
-                await resp.read()
+            await _stop_and_remove_volume(api, service_id)
 
 
 @pytest.mark.docker
