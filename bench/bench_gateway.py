@@ -21,13 +21,16 @@ import statistics
 import sys
 import tempfile
 import time
+from asyncio.subprocess import DEVNULL
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import nats
 from aiohttp import web
+from yarl import URL
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,9 +45,16 @@ from common.settings import Settings  # noqa: E402
 REF_SERVER = ROOT / "tests" / "testbed" / "refservice" / "server.py"
 BUNDLED = ROOT / "registry_sync" / "bundled" / "main.json"
 RESULTS = ROOT / "bench" / "results" / "gateway.md"
-SERVICE_ID = "bench-ref"
+FAST_ID = "bench-fast"
+REF_ID = "bench-ref"
+FLOOR = "floor"
 CATALOG_SIZE = 1000
 DEADLINE_S = 20.0
+CONCURRENCY = 16
+
+
+def _say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
 def _free_port() -> int:
@@ -88,13 +98,64 @@ async def _serve_gateway(nats_url: str, port: int) -> None:
         await nc.close()
 
 
+async def _serve_upstream(port: int) -> None:
+    """A fast stand-in for a model service (aiohttp, TCP_NODELAY): the proxy's cost is not lost in its own.
+
+    The reference service (stdlib http.server) answers in ~40 ms on Linux (Nagle + delayed ACK), which would
+    hide the gateway's fraction of a millisecond; it is measured too, in its own table.
+    """
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": True})
+
+    async def embeddings(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(
+            {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5] * 8}]}
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/", health)
+    app.router.add_post("/v1/embeddings", embeddings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+async def _serve_floor(port: int, upstream_port: int) -> None:
+    """The least an aiohttp reverse proxy can do (no security, CORS, metrics, lookups): the gateway's floor."""
+    session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        url = URL(f"http://127.0.0.1:{upstream_port}/{request.match_info['path']}", encoded=True)
+        data = request.content.iter_any() if request.body_exists else None
+        async with session.request(request.method, url, data=data, headers=request.headers) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+            await response.prepare(request)
+            while chunk := await upstream.content.readany():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/floor/{path:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
 # ---------------------------------------------------------------- fixtures of the run
 
 
 def _catalog() -> list[CatalogEntry]:
     """1,000 services made from the real registry's manifests (distinct ids)."""
     raw = json.loads(BUNDLED.read_text())
-    entries = [CatalogEntry(manifest=Manifest(id=SERVICE_ID, name="bench", interfaces=["chat"]), origin="bench")]
+    entries = [
+        CatalogEntry(manifest=Manifest(id=sid, name=sid, interfaces=["embeddings"]), origin="bench")
+        for sid in (FAST_ID, REF_ID)
+    ]
     i = 0
     while len(entries) < CATALOG_SIZE:
         item = dict(raw[i % len(raw)])
@@ -104,7 +165,7 @@ def _catalog() -> list[CatalogEntry]:
     return entries
 
 
-async def _seed(js: nats.js.JetStreamContext, ref_port: int) -> None:
+async def _seed(js: nats.js.JetStreamContext, ports: dict[str, int]) -> None:
     catalog = await kv_bucket(js, subjects.KV_CATALOG)
     entries = _catalog()
     for entry in entries:
@@ -112,8 +173,9 @@ async def _seed(js: nats.js.JetStreamContext, ref_port: int) -> None:
     meta = CatalogMeta(generation=1, order=[e.manifest.id for e in entries], registries=[], updated_at=time.time())
     await catalog.put(subjects.CATALOG_META_KEY, msgspec.json.encode(meta))
     observed = await kv_bucket(js, subjects.KV_OBSERVED)
-    state = ServiceState(service_id=SERVICE_ID, phase="ready", running=True, ready=True, host_port=ref_port)
-    await observed.put(SERVICE_ID, msgspec.json.encode(state))
+    for service_id, port in ports.items():
+        state = ServiceState(service_id=service_id, phase="ready", running=True, ready=True, host_port=port)
+        await observed.put(service_id, msgspec.json.encode(state))
 
 
 # ---------------------------------------------------------------- measurements
@@ -173,7 +235,7 @@ def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> Call:
 
 
 async def _listing_after_change(
-    session: aiohttp.ClientSession, gw: str, js: nats.js.JetStreamContext, ref_port: int, rounds: int
+    session: aiohttp.ClientSession, gw: str, js: nats.js.JetStreamContext, port: int, rounds: int
 ) -> list[float]:
     """Latency of the first listing that shows a state change (the gateway rebuilds the list for it)."""
     observed = await kv_bucket(js, subjects.KV_OBSERVED)
@@ -182,10 +244,11 @@ async def _listing_after_change(
         previous = await resp.read()
     samples: list[float] = []
     for i in range(rounds):
+        up = i % 2 == 1  # "running" flips in the listing each round
         state = ServiceState(
-            service_id=SERVICE_ID, phase="ready", running=True, ready=True, host_port=ref_port, restarts=i + 1
+            service_id=REF_ID, phase="ready" if up else "stopped", running=up, ready=up, host_port=port
         )
-        await observed.put(SERVICE_ID, msgspec.json.encode(state))
+        await observed.put(REF_ID, msgspec.json.encode(state))
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             start = time.perf_counter()
@@ -196,6 +259,8 @@ async def _listing_after_change(
                 samples.append(elapsed)
                 previous = body
                 break
+        else:
+            raise TimeoutError("the service list never showed the state change")
     return samples
 
 
@@ -220,94 +285,129 @@ def _ms(value: float) -> str:
     return f"{value * 1000:.3f}"
 
 
-async def run(quick: bool) -> str:
-    serial_total = 400 if quick else 3000
-    tput_s = 1.0 if quick else 4.0
+@dataclass
+class Results:
+    latency: dict[str, list[float]] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+    listed: int = 0
+    list_bytes: int = 0
+    steady: list[float] = field(default_factory=list)
+    rebuilt: list[float] = field(default_factory=list)
+
+
+async def _measure(
+    session: aiohttp.ClientSession, gw: str, nats_url: str, ports: dict[str, int], quick: bool, out: Results
+) -> None:
+    serial_total = 400 if quick else 4000
+    fast, ref = f"http://127.0.0.1:{ports[FAST_ID]}", f"http://127.0.0.1:{ports[REF_ID]}"
+    floor = f"http://127.0.0.1:{ports[FLOOR]}"
+    embed = msgspec.json.encode({"model": FAST_ID, "input": "hello"})
+    cases = {
+        "GET /v1/ direct": _get(session, f"{fast}/v1/"),
+        "GET /v1/ via /proxy": _get(session, f"{gw}/proxy/{FAST_ID}/v1/"),
+        "POST /v1/embeddings direct": _post(session, f"{fast}/v1/embeddings", embed),
+        "POST /v1/embeddings via /proxy": _post(session, f"{gw}/proxy/{FAST_ID}/v1/embeddings", embed),
+        "POST /v1/embeddings via OpenAI route": _post(session, f"{gw}/v1/embeddings", embed),
+        "GET /v1/ via bare aiohttp proxy (floor)": _get(session, f"{floor}/floor/v1/"),
+        "POST /v1/embeddings via bare aiohttp proxy (floor)": _post(session, f"{floor}/floor/v1/embeddings", embed),
+    }
+    _say("measuring latency")
+    await _serial(cases, 200)  # warm-up: connections, caches
+    out.latency = await _serial(cases, serial_total)
+    ref_cases = {
+        "reference service GET /v1/ direct": _get(session, f"{ref}/v1/"),
+        "reference service GET /v1/ via /proxy": _get(session, f"{gw}/proxy/{REF_ID}/v1/"),
+    }
+    out.latency |= await _serial(ref_cases, 20 if quick else 100, block=10)
+    _say("measuring throughput")
+    for name in ("GET /v1/ direct", "GET /v1/ via /proxy", "GET /v1/ via bare aiohttp proxy (floor)"):
+        out.throughput[name] = await _throughput(cases[name], CONCURRENCY, 1.0 if quick else 5.0)
+    _say("measuring the service list")
+    async with session.get(f"{gw}/v1/services/") as resp:
+        body = await resp.read()
+    out.listed, out.list_bytes = len(msgspec.json.decode(body)), len(body)
+    out.steady = (await _serial({"list": _get(session, f"{gw}/v1/services/")}, 200 if quick else 1000))["list"]
+    nc = await nats.connect(nats_url)
+    try:
+        out.rebuilt = await _listing_after_change(session, gw, nc.jetstream(), ports[REF_ID], 10 if quick else 40)
+    finally:
+        await nc.close()
+
+
+async def run(quick: bool) -> Results:
+    results = Results()
     with tempfile.TemporaryDirectory(prefix="premd-bench-") as tmp:
         server = EmbeddedNats(Path(tmp) / "nats", port=0)
         nats_url = await server.start()
-        ref_port, gw_port = _free_port(), _free_port()
-        env = {**os.environ, "REF_HOST": "127.0.0.1", "REF_PORT": str(ref_port)}
-        ref = await asyncio.create_subprocess_exec(
-            sys.executable, str(REF_SERVER), env=env, stdout=asyncio.subprocess.DEVNULL
-        )
-        nc = await nats.connect(nats_url)
-        gw_proc: asyncio.subprocess.Process | None = None
+        ports = {FAST_ID: _free_port(), REF_ID: _free_port()}
+        gw_port, ports[FLOOR] = _free_port(), _free_port()
+        env = {**os.environ, "REF_HOST": "127.0.0.1", "REF_PORT": str(ports[REF_ID])}
+        children = [
+            await asyncio.create_subprocess_exec(sys.executable, str(REF_SERVER), env=env, stdout=DEVNULL),
+            await asyncio.create_subprocess_exec(sys.executable, __file__, "--upstream", str(ports[FAST_ID])),
+            await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--floor", str(ports[FLOOR]), str(ports[FAST_ID])
+            ),
+        ]
         try:
-            js = nc.jetstream()
-            await ensure_resources(js)
-            await _seed(js, ref_port)
-            gw_proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--gateway", nats_url, str(gw_port), cwd=str(ROOT)
+            nc = await nats.connect(nats_url)
+            try:
+                js = nc.jetstream()
+                await ensure_resources(js)
+                _say("seeding the catalog")
+                await _seed(js, {FAST_ID: ports[FAST_ID], REF_ID: ports[REF_ID]})
+            finally:
+                await nc.close()
+            _say("starting the gateway")
+            children.append(
+                await asyncio.create_subprocess_exec(sys.executable, __file__, "--gateway", nats_url, str(gw_port))
             )
-            direct, gw = f"http://127.0.0.1:{ref_port}", f"http://127.0.0.1:{gw_port}"
+            gw = f"http://127.0.0.1:{gw_port}"
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as session:
-                await _wait_ok(session, f"{direct}/v1/")
-                await _wait_ok(session, f"{gw}/proxy/{SERVICE_ID}/v1/")
-                proxied = f"{gw}/proxy/{SERVICE_ID}"
-                embed = msgspec.json.encode({"model": SERVICE_ID, "input": "hello"})
-                cases = {
-                    "GET /v1/ direct": _get(session, f"{direct}/v1/"),
-                    "GET /v1/ via /proxy": _get(session, f"{proxied}/v1/"),
-                    "POST /v1/embeddings direct": _post(session, f"{direct}/v1/embeddings", embed),
-                    "POST /v1/embeddings via /proxy": _post(session, f"{proxied}/v1/embeddings", embed),
-                    "POST /v1/embeddings via OpenAI route": _post(session, f"{gw}/v1/embeddings", embed),
-                }
-                await _serial(cases, 100)  # warm-up: connections, caches
-                latency = await _serial(cases, serial_total)
-                tput = {
-                    "GET /v1/ direct": await _throughput(cases["GET /v1/ direct"], 16, tput_s),
-                    "GET /v1/ via /proxy": await _throughput(cases["GET /v1/ via /proxy"], 16, tput_s),
-                }
-                listing = _get(session, f"{gw}/v1/services/")
-                async with session.get(f"{gw}/v1/services/") as resp:
-                    count = len(await resp.json())
-                steady = (await _serial({"list": listing}, 200 if quick else 1000))["list"]
-                cold = await _listing_after_change(session, gw, js, ref_port, 10 if quick else 30)
+                for service_id in (FAST_ID, REF_ID):
+                    await _wait_ok(session, f"http://127.0.0.1:{ports[service_id]}/v1/")
+                    await _wait_ok(session, f"{gw}/proxy/{service_id}/v1/")
+                await _wait_ok(session, f"http://127.0.0.1:{ports[FLOOR]}/floor/v1/")
+                await _measure(session, gw, nats_url, ports, quick, results)
         finally:
-            if gw_proc is not None:
-                gw_proc.terminate()
-                await gw_proc.wait()
-            ref.terminate()
-            await ref.wait()
-            await nc.close()
+            for child in children:
+                child.terminate()
+                await child.wait()
             await server.stop()
-    return _report(latency, tput, count, steady, cold)
+    return results
 
 
-def _report(
-    latency: dict[str, list[float]], tput: dict[str, float], count: int, steady: list[float], cold: list[float]
-) -> str:
+def _row(name: str, samples: list[float]) -> str:
+    return (
+        f"| {name} | {len(samples)} | {_ms(statistics.median(samples))} | "
+        f"{_ms(_percentile(samples, 0.99))} | {_ms(statistics.fmean(samples))} |"
+    )
+
+
+def report(r: Results) -> str:
     lines = ["## Machine", ""] + [f"- {k}: {v}" for k, v in _machine().items()]
-    lines += ["", "## Proxy vs direct (serial, keep-alive; ms)", ""]
+    lines += ["", "## Proxy vs direct (serial requests on keep-alive connections; ms)", ""]
     lines += ["| request | n | p50 | p99 | mean |", "|---|---:|---:|---:|---:|"]
-    for name, samples in latency.items():
-        lines.append(
-            f"| {name} | {len(samples)} | {_ms(statistics.median(samples))} | "
-            f"{_ms(_percentile(samples, 0.99))} | {_ms(statistics.fmean(samples))} |"
-        )
-    lines += ["", "Added by the gateway (same request, proxied minus direct):", ""]
-    lines += ["| request | added p50 (ms) | added p99 (ms) |", "|---|---:|---:|"]
-    for base, via in (
-        ("GET /v1/ direct", "GET /v1/ via /proxy"),
-        ("POST /v1/embeddings direct", "POST /v1/embeddings via /proxy"),
-        ("POST /v1/embeddings direct", "POST /v1/embeddings via OpenAI route"),
-    ):
-        d, p = latency[base], latency[via]
-        added_50 = statistics.median(p) - statistics.median(d)
-        added_99 = _percentile(p, 0.99) - _percentile(d, 0.99)
-        lines.append(f"| {via.split(' via ')[0]} via {via.split(' via ')[1]} | {_ms(added_50)} | {_ms(added_99)} |")
-    lines += ["", "## Throughput (16 concurrent clients, one client process)", ""]
+    lines += [_row(name, samples) for name, samples in r.latency.items()]
+    lines += ["", "Added by the gateway (the same request through premd minus straight to the service; ms):", ""]
+    lines += ["| request | added p50 | added p99 |", "|---|---:|---:|"]
+    for name in r.latency:
+        if " via " not in name:
+            continue
+        base = r.latency[name.split(" via ")[0] + " direct"]  # "GET /v1/ via X" -> "GET /v1/ direct"
+        via = r.latency[name]
+        added_50 = statistics.median(via) - statistics.median(base)
+        added_99 = _percentile(via, 0.99) - _percentile(base, 0.99)
+        lines.append(f"| {name} | {_ms(added_50)} | {_ms(added_99)} |")
+    lines += ["", f"## Throughput ({CONCURRENCY} concurrent requests from one client process)", ""]
     lines += ["| request | req/s |", "|---|---:|"]
-    lines += [f"| {name} | {value:,.0f} |" for name, value in tput.items()]
-    lines += ["", f"## GET /v1/services/ with {count} services (ms)", ""]
-    lines += ["| case | n | p50 | p99 | max |", "|---|---:|---:|---:|---:|"]
-    for name, samples in (("steady (list kept encoded)", steady), ("first after a state change (rebuilt)", cold)):
-        lines.append(
-            f"| {name} | {len(samples)} | {_ms(statistics.median(samples))} | "
-            f"{_ms(_percentile(samples, 0.99))} | {_ms(max(samples))} |"
-        )
+    lines += [f"| {name} | {value:,.0f} |" for name, value in r.throughput.items()]
+    size = f"{r.list_bytes / 1e6:.1f} MB"
+    lines += ["", f"## GET /v1/services/ with {r.listed} services ({size} of JSON; ms, client-side)", ""]
+    lines += ["| case | n | p50 | p99 | mean |", "|---|---:|---:|---:|---:|"]
+    lines.append(_row("steady (the encoded list is kept)", r.steady))
+    lines.append(_row("first request after a state change (list rebuilt)", r.rebuilt))
     return "\n".join(lines) + "\n"
 
 
@@ -315,15 +415,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--gateway", nargs=2, metavar=("NATS_URL", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--floor", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gateway:
         asyncio.run(_serve_gateway(args.gateway[0], int(args.gateway[1])))
         return
-    report = asyncio.run(run(args.quick))
-    print(report)
+    if args.upstream:
+        asyncio.run(_serve_upstream(args.upstream))
+        return
+    if args.floor:
+        asyncio.run(_serve_floor(*args.floor))
+        return
+    text = report(asyncio.run(run(args.quick)))
+    print(text)
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("# Gateway benchmark (bench/bench_gateway.py)\n\n" + report)
+        RESULTS.write_text("# Gateway benchmark (bench/bench_gateway.py)\n\n" + text)
 
 
 if __name__ == "__main__":

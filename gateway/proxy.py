@@ -178,8 +178,9 @@ async def forward(
         )
         await response.prepare(request)
         received = await _pump(request, response, upstream, service_id)
-        await response.write_eof()
-        return response
+        if request.transport is not None and not request.transport.is_closing():
+            await response.write_eof()
+        return response  # otherwise one side went away: aiohttp ends the exchange without more noise
     finally:
         upstream.release()  # a body not read to the end closes the connection instead of pooling it
         _account(metrics, service_id, sent[0], received, start)
@@ -201,7 +202,10 @@ async def _pump(
             return copied
         if not chunk:
             return copied
-        await response.write(chunk)
+        try:
+            await response.write(chunk)
+        except ConnectionResetError:  # the client went away: stop reading the service (its connection closes)
+            return copied
         copied += len(chunk)
 
 

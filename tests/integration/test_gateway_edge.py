@@ -26,7 +26,7 @@ from gateway.keys import VIEW
 from tests.integration.edge_support import Client, gateway, put_service, ref_service, seen
 from tests.testbed.containers import ContainerFactory
 from tests.testbed.sse import iter_sse
-from tests.testbed.util import free_port
+from tests.testbed.util import free_port, wait_until
 
 APP_ORIGIN = "http://localhost:3000"
 EVIL_ORIGIN = "https://evil.example"
@@ -386,3 +386,23 @@ async def test_tokens_keep_their_pace_through_the_proxy(edge: tuple[Client, str]
     client, sid = edge
     async with client.post(f"/proxy/{sid}/v1/chat/completions", json=_chat(True)) as resp:
         await _assert_streams_one_by_one(resp)
+
+
+async def test_client_leaving_mid_stream_ends_the_exchange_quietly(
+    edge: tuple[Client, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, sid = edge
+    slow = _chat(True, ref_tokens=40, ref_token_delay_s=0.05)
+    async with client.post(f"/proxy/{sid}/v1/chat/completions", json=slow) as resp:
+        async for _ in iter_sse(resp):
+            break
+        resp.close()  # the browser tab is closed after the first token
+
+    async def finished() -> bool:
+        async with client.get("/metrics") as metrics:
+            return f'premd_proxy_duration_seconds_count{{service="{sid}"}} 1' in await metrics.text()
+
+    await wait_until(finished, deadline_s=10.0, interval=0.05, what="the proxied exchange to end")
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+    async with client.get(f"/proxy/{sid}/v1/") as again:  # the pool still works
+        assert again.status == 200

@@ -115,6 +115,8 @@ def tiny_png(seed: int) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Token streams are many small writes: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms per reply.
+    disable_nagle_algorithm = True
     server_version = "premd-ref-service/1"
 
     def log_message(self, format: str, *args: Any) -> None:
