@@ -7,7 +7,7 @@ from common.fit, the same rules the scheduler enforces.
 
 from __future__ import annotations
 
-from common.fit import assess
+from common.fit import Fit, assess
 from common.messages import CatalogEntry, HostFacts, ServiceState
 from gateway.schemas import Service
 
@@ -17,12 +17,21 @@ def proxy_base_url(scheme: str, host: str, service_id: str) -> str:
     return f"{scheme}://{host}/proxy/{service_id}"
 
 
-def service_json(entry: CatalogEntry, state: ServiceState | None, facts: HostFacts | None, base_url: str) -> Service:
+def fit_of(entry: CatalogEntry, state: ServiceState | None, facts: HostFacts | None) -> Fit:
+    """The fit flags of a service on this host, given what the scheduler observed of it."""
+    running = state is not None and state.running
+    downloaded = state is not None and state.downloaded
+    return assess(entry.manifest, facts, running=running, downloaded=downloaded)
+
+
+def service_json(
+    entry: CatalogEntry, state: ServiceState | None, facts: HostFacts | None, base_url: str, fit: Fit | None = None
+) -> Service:
     """One service as premd listed it. ``state`` None: the scheduler has not seen it (not downloaded, stopped)."""
     manifest = entry.manifest
     running = state is not None and state.running
     downloaded = state is not None and state.downloaded
-    fit = assess(manifest, facts, running=running, downloaded=downloaded)
+    fit = fit if fit is not None else fit_of(entry, state, facts)
     return Service(
         id=manifest.id,
         name=manifest.name,
