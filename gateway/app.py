@@ -39,7 +39,7 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     app.on_shutdown.append(close_streams)
     for table in (health, interfaces, registries, services, downloads, lifecycle, stats, events):
         app.add_routes(table.routes)
-    # edge: security, CORS, metrics, proxy, OpenAI routes, OpenAPI (gateway/edge.py install(app)).
+    # The edge: security, CORS, metrics, the proxy, OpenAI routes, OpenAPI.
     edge.install(app)
     # Innermost, after the edge's middlewares: their CORS headers and auth apply to our errors and redirects.
     app.middlewares.extend([slash_redirect_middleware, error_middleware])
