@@ -42,19 +42,32 @@ else
     say "all packages present, skipping apt-get"
 fi
 
+start_dockerd() {
+    say "starting dockerd in the background (log: $LOG_FILE)"
+    mkdir -p "$(dirname "$LOG_FILE")"
+    nohup dockerd >>"$LOG_FILE" 2>&1 </dev/null &
+    say "dockerd pid $!"
+}
+
+dockerd_running() { pgrep -x dockerd >/dev/null 2>&1; }
+
 if docker info >/dev/null 2>&1; then
     say "a Docker engine already answers; not starting dockerd"
 else
-    if command -v pgrep >/dev/null 2>&1 && pgrep -x dockerd >/dev/null 2>&1; then
-        say "dockerd process exists but does not answer yet; waiting for it"
+    if dockerd_running; then
+        say "a dockerd process exists but does not answer yet; waiting for it"
     else
-        say "starting dockerd in the background (log: $LOG_FILE)"
-        mkdir -p "$(dirname "$LOG_FILE")"
-        nohup dockerd >>"$LOG_FILE" 2>&1 </dev/null &
-        say "dockerd pid $!"
+        start_dockerd
     fi
+    starts=1
     deadline=$(( $(date +%s) + DEADLINE_S ))
     until docker info >/dev/null 2>&1; do
+        # A dockerd that was shutting down, or that died on start (stale pid file), gets one more start.
+        if ! dockerd_running && (( starts < 3 )); then
+            rm -f /var/run/docker.pid
+            start_dockerd
+            starts=$(( starts + 1 ))
+        fi
         if (( $(date +%s) >= deadline )); then
             say "last lines of $LOG_FILE:" >&2
             tail -n 30 "$LOG_FILE" >&2 || true
