@@ -35,6 +35,11 @@ class CatalogView:
         return self._meta.values.get(subjects.CATALOG_META_KEY)
 
     @property
+    def meta_mirror(self) -> KVMirror[CatalogMeta]:
+        assert self._meta is not None
+        return self._meta
+
+    @property
     def entries_mirror(self) -> KVMirror[CatalogEntry]:
         assert self._entries is not None
         return self._entries

@@ -136,7 +136,11 @@ class KVMirror(Generic[T]):
                 self._initial.set()
                 continue
             key = entry.key
+            # The revision follows the whole bucket, so "caught up with revision N" holds for every mirror.
+            self.revision = max(self.revision, entry.revision or 0)
             if not self._accept(key):
+                async with self._changed:
+                    self._changed.notify_all()
                 continue
             value: T | None = None
             if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:

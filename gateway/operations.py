@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from common import bus, subjects
 from common.errors import AppError, Code
+from common.jetstream import KVMirror
 from common.messages import OperationEvent, ServiceState
 from gateway.errors import ApiError
 from gateway.keys import NC, SETTINGS, VIEW
@@ -41,20 +42,28 @@ async def ask(request: web.Request, subject: str, msg: msgspec.Struct, reply: ty
         raise ApiError.wrap(prefix, exc) from None
 
 
-async def catch_up(request: web.Request) -> None:
-    """Read-your-writes: wait until the view has every observed-state write made so far.
+async def catch_up(request: web.Request, bucket: str = subjects.KV_OBSERVED) -> None:
+    """Read-your-writes: wait until the view has every write made so far to ``bucket``.
 
-    A command that replies when done (stop, remove image) wrote KV before replying; once the view holds the
-    bucket's last revision, the next listing shows the change.
+    A command that replies when done (stop, remove image, add registry) wrote KV before replying; once the
+    view holds the bucket's last revision, the next listing shows the change.
     """
-    js = request.app[NC].jetstream()
-    observed = request.app[VIEW].observed
-    info = await js.stream_info(f"KV_{subjects.KV_OBSERVED}")
+    view = request.app[VIEW]
+    mirrors = (
+        (view.catalog.meta_mirror, view.catalog.entries_mirror) if bucket == subjects.KV_CATALOG else (view.observed,)
+    )
+    info = await request.app[NC].jetstream().stream_info(f"KV_{bucket}")
     last = info.state.last_seq
+    timeout = request.app[SETTINGS].request_timeout_s
     try:
-        await observed.wait_for(lambda _: observed.revision >= last, request.app[SETTINGS].request_timeout_s)
+        for mirror in mirrors:
+            await _caught_up(mirror, last, timeout)
     except TimeoutError:  # the command did succeed; only the listing may lag
-        logger.warning("observed state: view at revision %d, bucket at %d", observed.revision, last)
+        logger.warning("%s: view behind the bucket's revision %d", bucket, last)
+
+
+async def _caught_up(mirror: KVMirror[Any], revision: int, timeout: float) -> None:
+    await mirror.wait_for(lambda _: mirror.revision >= revision, timeout)
 
 
 def require_service(request: web.Request, service_id: str) -> None:

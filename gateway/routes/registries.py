@@ -8,7 +8,7 @@ from common import subjects
 from common.messages import AddRegistry, Empty, RegistryList, RemoveRegistry
 from gateway.apidoc import documented
 from gateway.errors import json_response, missing, read_body
-from gateway.operations import ask
+from gateway.operations import ask, catch_up
 from gateway.schemas import RegistryInput, RegistryResponse, SuccessResponse
 
 routes = web.RouteTableDef()
@@ -31,6 +31,7 @@ async def list_registries(request: web.Request) -> web.Response:
 async def add_registry(request: web.Request) -> web.Response:
     body = await read_body(request, RegistryInput)
     await ask(request, subjects.REGISTRY_ADD, AddRegistry(url=body.url), Empty, "Failed to add registry ")
+    await catch_up(request, subjects.KV_CATALOG)  # the next listing has the registry's services
     return json_response(RegistryResponse(url=body.url))
 
 
@@ -46,4 +47,5 @@ async def remove_registry(request: web.Request) -> web.Response:
     if url is None:
         raise missing("query", "url")
     await ask(request, subjects.REGISTRY_REMOVE, RemoveRegistry(url=url), Empty, f"Failed to remove registry {url}: ")
+    await catch_up(request, subjects.KV_CATALOG)
     return json_response(SuccessResponse(message=f"Registry {url} removed successfully."))
