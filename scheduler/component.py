@@ -48,7 +48,7 @@ from scheduler.ports import PortAllocator
 from scheduler.pulls import Pulls
 from scheduler.reconcile import owner
 from scheduler.reconciler import Reconciler
-from scheduler.state import DesiredStore, ObservedStore, instance_id
+from scheduler.state import DesiredStore, ObservedStore, instance_id, normalize_ref, split_ref
 from scheduler.stats import container_stats
 from scheduler.tasks import TaskOwner
 
@@ -203,9 +203,9 @@ class Scheduler(ServiceComponent):
         return Ack(message=f"Volume {cmd.name} removed.")
 
     async def _prune(self, _: Empty) -> Ack:
-        """premd's stopped containers, dangling images, premd's unused volumes. Never the rest of the host."""
+        """premd's stopped containers, old versions of catalog images, premd's unused volumes. Never the rest."""
         containers, space = await self.driver.prune_containers(self.instance)
-        images, image_space = await self.driver.prune_dangling_images()
+        images, image_space = await self._prune_images()
         volumes = 0
         for name, labels in await self.driver.volumes(dangling=True):
             ours = labels.get(LABEL_INSTANCE) == self.instance
@@ -218,6 +218,24 @@ class Scheduler(ServiceComponent):
         return Ack(
             message=f"Pruned {containers} containers, {images} images, {volumes} volumes; {reclaimed:.0f} MB reclaimed."
         )
+
+    async def _prune_images(self) -> tuple[int, int]:
+        """Dangling images pulled from a catalog service's repository (its replaced versions), none other."""
+        repositories = {split_ref(normalize_ref(ref))[0] for ref in self._catalog_images()}
+        removed = space = 0
+        for image in await self.driver.dangling_images():
+            if any(split_ref(normalize_ref(repo))[0] in repositories for repo in image.repositories):
+                if await self.driver.remove_unused_image(image.id):
+                    removed, space = removed + 1, space + image.size
+        return removed, space
+
+    def _catalog_images(self) -> set[str]:
+        refs: set[str] = set()
+        for entry in self.catalog.entries():
+            images = entry.manifest.docker_images
+            if images is not None:
+                refs.update(e.image for e in (images.cpu, images.gpu) if e is not None)
+        return refs
 
     # ------------------------------------------------------------ stats
 

@@ -76,6 +76,13 @@ class ImageInfo(msgspec.Struct, frozen=True):
     size: int
 
 
+class DanglingImage(msgspec.Struct, frozen=True):
+    id: str
+    repositories: list[str]
+    """Where it was pulled from (its RepoDigests): an image built here has none."""
+    size: int
+
+
 class PullEvent(msgspec.Struct, frozen=True):
     """One line of Docker's pull stream (only the fields progress needs)."""
 
@@ -243,10 +250,24 @@ class DockerDriver:
             return False
         return True
 
-    async def prune_dangling_images(self) -> tuple[int, int]:
-        with _mapped("prune images"):
-            result: dict[str, Any] = await self._docker.images.prune(filters={"dangling": ["true"]})
-        return len(result.get("ImagesDeleted") or []), int(result.get("SpaceReclaimed") or 0)
+    async def dangling_images(self) -> list[DanglingImage]:
+        """Untagged images no container uses a tag of, with the repositories they were pulled from."""
+        params = {"filters": json.dumps({"dangling": ["true"]})}
+        with _mapped("list dangling images"):
+            raw: list[dict[str, Any]] = await self._docker._query_json("images/json", params=params)
+        return [
+            DanglingImage(i["Id"], sorted({d.split("@", 1)[0] for d in i.get("RepoDigests") or []}), i.get("Size", 0))
+            for i in raw
+        ]
+
+    async def remove_unused_image(self, image_id: str) -> bool:
+        """Remove an image unless a container uses it (no force): False when it stays."""
+        try:
+            with _mapped(f"remove image {image_id}", Code.IMAGE_NOT_FOUND):
+                await self._docker.images.delete(image_id, force=False)
+        except (NotFoundError, ConflictError):
+            return False
+        return True
 
     # ------------------------------------------------------------ containers
 

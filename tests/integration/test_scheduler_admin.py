@@ -38,6 +38,8 @@ from tests.support.scheduler_bed import (
     wait_observed,
 )
 from tests.testbed.containers import ContainerFactory
+from tests.testbed.images import build_image
+from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.util import free_port
 
 pytestmark = pytest.mark.docker
@@ -149,3 +151,51 @@ async def test_remove_image_and_volume(
         with contextlib.suppress(aiodocker.DockerError):
             async with docker._query(f"volumes/{foreign_volume}", method="DELETE"):
                 pass
+
+
+async def _build(docker: aiodocker.Docker, base_image: str, tag: str, content: str) -> None:
+    files = {"Dockerfile": f"FROM {base_image}\nCOPY marker /marker\n".encode(), "marker": content.encode()}
+    await build_image(docker, tag, files)
+
+
+async def _image_ids(docker: aiodocker.Docker) -> set[str]:
+    return {image["Id"] for image in await docker.images.list(all=True)}
+
+
+async def test_prune_removes_replaced_catalog_images_only(
+    nc: NATS,
+    js: JetStreamContext,
+    settings: Settings,
+    docker: aiodocker.Docker,
+    base_image: str,
+    oci_registry: OciRegistry,
+) -> None:
+    """An old version of a catalog image (untagged by a newer pull) is pruned; the host's own dangling image is not."""
+    sid, suffix = new_service_id(), uuid.uuid4().hex[:8]
+    local, foreign = f"premd-test/prune-{suffix}:1", f"premd-test/foreign-{suffix}:1"
+    remote = foreign_old = ""
+    try:
+        await _build(docker, base_image, local, "v1")
+        remote = await oci_registry.push(docker, local)
+        await docker.images.delete(local)
+        await docker.images.pull(remote)
+        old = (await docker.images.inspect(remote))["Id"]
+        await _build(docker, base_image, local, "v2")  # a new version under the same tag, pulled over the old
+        await oci_registry.push(docker, local)
+        await docker.images.pull(remote)
+        assert (await docker.images.inspect(remote))["Id"] != old
+        await _build(docker, base_image, foreign, "mine")
+        foreign_old = (await docker.images.inspect(foreign))["Id"]
+        await _build(docker, base_image, foreign, "mine, rebuilt")  # the host's own dangling image
+        await put_catalog(js, ref_manifest(sid, remote))
+        async with running_scheduler(settings):
+            pruned = await bus.request(nc, subjects.SCHEDULER_PRUNE, Empty(), Ack, 30)
+        assert pruned.message.startswith("Pruned ") and " 1 images" in pruned.message
+        ids = await _image_ids(docker)
+        assert old not in ids and foreign_old in ids
+        assert (await docker.images.inspect(remote))["Id"] in ids
+    finally:
+        for ref in (remote, local, foreign, foreign_old):
+            if ref:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await docker.images.delete(ref, force=True)
