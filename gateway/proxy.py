@@ -139,6 +139,10 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return out
 
 
+SMALL_BODY = 64 * 1024
+"""Bodies of known length up to this size are forwarded in one piece; anything else streams."""
+
+
 async def _counted(content: aiohttp.StreamReader, tally: list[int]) -> AsyncIterator[bytes]:
     async for chunk in content.iter_any():
         tally[0] += len(chunk)
@@ -156,7 +160,12 @@ async def forward(
     sent = [len(body) if body is not None else 0]
     data: bytes | AsyncIterator[bytes] | None = body
     if body is None and request.body_exists:
-        data = _counted(request.content, sent)
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
+            # Small and of known length: one write with its Content-Length, not a chunked stream.
+            body = data = await request.read()
+            sent[0] = len(body)
+        else:
+            data = _counted(request.content, sent)
     headers = forward_headers(request, prefix)
     if body is not None:
         headers["Content-Length"] = str(len(body))
@@ -173,6 +182,20 @@ async def forward(
     try:
         metrics.proxy_upstream_latency.observe((service_id,), time.perf_counter() - start)
         metrics.proxy_requests.inc((service_id, str(upstream.status)))
+        small = upstream.content_length is not None and upstream.content_length <= SMALL_BODY
+        if small and request.method != "HEAD":
+            # A small answer of known length (not a stream): read it whole and send it in one write.
+            try:
+                payload = await upstream.read()
+            except aiohttp.ClientError as exc:
+                logger.info("proxy %s: service closed mid-response: %r", service_id, exc)
+                raise problems.EdgeError(
+                    502, problems.PROXY_UNREACHABLE, f"service {service_id!r} broke off its answer"
+                ) from None
+            received = len(payload)
+            headers = _response_headers(upstream)
+            headers.popall("Content-Length", None)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=_response_headers(upstream)
         )
