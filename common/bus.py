@@ -6,8 +6,10 @@ and come back out of request() as the typed AppError for their code.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -105,8 +107,39 @@ async def respond_error(req: Request, code: str, message: str) -> None:
     await req.respond_error(code, message.replace("\r", " ").replace("\n", " ")[:512], data=body)
 
 
-def _wrap(ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
-    async def handle(req: Request) -> None:
+class InFlight:
+    """Requests being answered, so that a stopping component can let them finish.
+
+    Stopping a micro service unsubscribes its endpoints, which cancels the handler running in each
+    subscription's task. Handlers served with an InFlight run in tasks of their own (awaited, so requests on
+    one endpoint are still answered one at a time): intake stops, and ``finish`` then waits for them.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)  # a cancelled subscription task leaves the answer running
+
+    async def finish(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the requests being answered, cancel the rest; returns how many were cancelled."""
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+
+def _wrap(ep: Endpoint, inflight: InFlight | None) -> Callable[[Request], Awaitable[None]]:
+    async def answer(req: Request) -> None:
         try:
             command = msgspec.json.decode(req.data or b"{}", type=ep.request_type)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -114,6 +147,10 @@ def _wrap(ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
             return
         try:
             result = await ep.handler(command)
+        except asyncio.CancelledError:  # stopping: say so now rather than leave the caller to its timeout
+            with contextlib.suppress(Exception):
+                await respond_error(req, Code.BUS_UNAVAILABLE, f"{ep.subject}: stopped before answering")
+            raise
         except AppError as exc:
             await respond_error(req, exc.code, exc.message)
             return
@@ -123,14 +160,30 @@ def _wrap(ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
             return
         await req.respond(msgspec.json.encode(result))
 
+    if inflight is None:
+        return answer
+
+    async def handle(req: Request) -> None:
+        await inflight.run(answer(req))
+
     return handle
 
 
-async def serve(nc: NATS, name: str, version: str, description: str, endpoints: Sequence[Endpoint]) -> Service:
-    """Register a NATS micro service (discoverable with $SRV.PING / $SRV.INFO) with its endpoints."""
+async def serve(
+    nc: NATS,
+    name: str,
+    version: str,
+    description: str,
+    endpoints: Sequence[Endpoint],
+    inflight: InFlight | None = None,
+) -> Service:
+    """Register a NATS micro service (discoverable with $SRV.PING / $SRV.INFO) with its endpoints.
+
+    With ``inflight``, stopping the service leaves requests being answered running (see InFlight).
+    """
     svc = await add_service(nc, name=name, version=version, description=description, queue_group=name)
     for ep in endpoints:
-        await svc.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep))
+        await svc.add_endpoint(name=ep.name, subject=ep.subject, handler=_wrap(ep, inflight))
     # The server must know our subscriptions before anyone is told we are up (else: "no responders").
     await nc.flush()
     return svc

@@ -136,6 +136,7 @@ class ServiceComponent(Component):
     js: JetStreamContext
 
     _service: Service | None = None
+    _inflight: bus.InFlight | None = None
     _started_at = 0.0
 
     def endpoints(self) -> list[bus.Endpoint]:
@@ -154,13 +155,19 @@ class ServiceComponent(Component):
         await ensure_resources(self.js)
         await self.setup()
         info = bus.endpoint("info", subjects.info_subject(self.name), Empty, self._info)
-        self._service = await bus.serve(self.nc, self.name, VERSION, self.description, [info, *self.endpoints()])
+        self._inflight = bus.InFlight()
+        endpoints = [info, *self.endpoints()]
+        self._service = await bus.serve(self.nc, self.name, VERSION, self.description, endpoints, self._inflight)
 
     async def _info(self, _: Empty) -> ComponentInfo:
         return ComponentInfo(name=self.name, version=VERSION, started_at=self._started_at)
 
     async def stop(self) -> None:
+        """Stop intake, give requests being answered half the shutdown bound, cancel the rest, tear down."""
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
+        if self._inflight is not None:
+            if cancelled := await self._inflight.finish(self.settings.shutdown_timeout_s / 2):
+                logger.warning("%s: %d request(s) cancelled at shutdown", self.name, cancelled)
         await self.teardown()

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _LISTENING = re.compile(rb"Listening for client connections on [^\s]+:(\d+)")
 _READY = b"Server is ready"
+_FATAL = re.compile(rb"\[(?:FTL|ERR)\] (.*)")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -42,6 +43,16 @@ def _die_with_parent() -> None:
     # Linux: if premd is killed hard (SIGKILL), the kernel sends the child SIGTERM: no orphan broker.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _explain(output: str) -> str:
+    """nats-server's own words, with the one failure users meet most spelled out."""
+    if "address already in use" in output:
+        return (
+            "the port is in use (another premd or nats-server?): stop it, or set PREMD_NATS_PORT to a free port, "
+            f"or PREMD_NATS_URL to use a running NATS. nats-server said: {output}"
+        )
+    return output
 
 
 class EmbeddedNats:
@@ -81,19 +92,27 @@ class EmbeddedNats:
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_ready()
-        except (TimeoutError, NatsServerError):
+        except TimeoutError:
             await self.stop()
-            raise NatsServerError(f"nats-server did not become ready on {self.host}:{self.port}") from None
+            raise NatsServerError(f"nats-server did not become ready on {self.where} within {timeout:g} s") from None
+        except NatsServerError as exc:
+            await self.stop()
+            raise NatsServerError(f"nats-server could not start on {self.where}: {_explain(str(exc))}") from None
         logger.info("embedded nats-server ready on %s (JetStream in %s)", self.url, self.store_dir)
         return self.url
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port or 'a free port'}"
 
     async def _wait_ready(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         tail: list[bytes] = []
         while True:
             line = await self._proc.stderr.readline()
-            if not line:
-                raise NatsServerError(b"".join(tail[-5:]).decode(errors="replace"))
+            if not line:  # the server exited: its fatal lines (else its last one) say why
+                errors = [m.group(1) for t in tail if (m := _FATAL.search(t))] or tail[-1:]
+                raise NatsServerError(b"; ".join(errors).decode(errors="replace").strip() or "it exited silently")
             tail.append(line)
             if m := _LISTENING.search(line):
                 self.port = int(m.group(1))

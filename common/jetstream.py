@@ -102,7 +102,13 @@ async def kv_transition(
 
 
 class KVMirror(Generic[T]):
-    """A live, decoded copy of a KV bucket, kept current by a watcher: reads never touch the network."""
+    """A live, decoded copy of a KV bucket, kept current by a watcher: reads never touch the network.
+
+    The watch is an ordered push consumer: it survives reconnects and nats-server restarts (with its
+    JetStream store). nats-py recreates the consumer from the last stream sequence seen once two idle
+    heartbeats (5 s each) are missed, so after a restart the mirror can lag by up to ~20 s, never lose or
+    reorder an update. Listeners run in the watcher's task: one that raises is logged, not fatal.
+    """
 
     def __init__(self, kv: KeyValue, type_: type[T], decode_key: Callable[[str], bool] | None = None) -> None:
         self._kv = kv
@@ -117,9 +123,17 @@ class KVMirror(Generic[T]):
         self.listeners: list[Callable[[str, T | None], None]] = []
 
     async def start(self) -> None:
+        """Start watching; returns once the bucket's current values are in (raises if the watch died first)."""
         self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._run(self._watcher))
-        await self._initial.wait()
+        self._task = asyncio.create_task(self._run(self._watcher), name=f"kv-mirror {self._kv._name}")
+        initial = asyncio.ensure_future(self._initial.wait())
+        try:
+            await asyncio.wait({self._task, initial}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            initial.cancel()
+        if not self._initial.is_set():
+            await self._task  # ended before the initial values: raise what ended it
+            raise RuntimeError(f"{self._kv._name}: watch ended before the initial values")
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -135,30 +149,32 @@ class KVMirror(Generic[T]):
             if entry is None:
                 self._initial.set()
                 continue
-            key = entry.key
             # The revision follows the whole bucket, so "caught up with revision N" holds for every mirror.
             self.revision = max(self.revision, entry.revision or 0)
-            if not self._accept(key):
-                async with self._changed:
-                    self._changed.notify_all()
-                continue
-            value: T | None = None
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                self.values.pop(key, None)
-            else:
-                try:
-                    value = msgspec.json.decode(entry.value, type=self._type)
-                except msgspec.DecodeError:
-                    logger.warning("%s: undecodable value under %r ignored", self._kv._name, key)
-                    continue
-                self.values[key] = value
-            self.revision = max(self.revision, entry.revision or 0)
-            for listener in self.listeners:
-                listener(key, value)
+            if self._accept(entry.key):
+                self._take(entry)
             async with self._changed:
                 self._changed.notify_all()
             if entry.delta == 0:
                 self._initial.set()
+
+    def _take(self, entry: KeyValue.Entry) -> None:
+        key = entry.key
+        value: T | None = None
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            self.values.pop(key, None)
+        else:
+            try:
+                value = msgspec.json.decode(entry.value, type=self._type)
+            except msgspec.DecodeError:
+                logger.warning("%s: undecodable value under %r ignored", self._kv._name, key)
+                return
+            self.values[key] = value
+        for listener in list(self.listeners):
+            try:
+                listener(key, value)
+            except Exception:  # boundary: a listener's bug must not freeze the mirror for everyone
+                logger.exception("%s: listener failed on %r", self._kv._name, key)
 
     async def wait_for(self, predicate: Callable[[dict[str, T]], bool], timeout: float) -> None:
         """Wait until the mirror satisfies ``predicate`` (raises TimeoutError at the deadline)."""

@@ -60,6 +60,9 @@ class RegistryStatus(Message, frozen=True):
     last_modified: str | None = None
     count: int = 0
     skipped: list[SkippedEntry] = msgspec.field(default_factory=list)
+    """The first 100 entries skipped (index, id, reason)."""
+    skipped_total: int = 0
+    """How many entries were skipped in all."""
     bundled: bool = False
     """The content is the snapshot shipped with premd, not yet replaced by a live fetch."""
     bundled_date: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from common.errors import SettingsError
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 OFFICIAL_REGISTRY_URL = "https://raw.githubusercontent.com/premAI-io/prem-registry/main/manifests.json"
 
@@ -104,8 +106,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "PREMD_HOST",
                 f"binding to {self.host!r} exposes premd beyond this machine; set PREMD_API_TOKEN too",
             )
+        if "*" in self.cors_origins and not self.api_token:
+            # Any web page could then drive this machine's Docker through the browser of whoever runs premd.
+            raise SettingsError("PREMD_CORS_ORIGINS", "'*' allows every web site; set PREMD_API_TOKEN too")
         if self.restart_policy not in ("no", "always", "unless-stopped", "on-failure"):
             raise SettingsError("PREMD_RESTART_POLICY", f"unknown policy {self.restart_policy!r}")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            # Checked here: logging's own error would come later, as a traceback.
+            raise SettingsError(
+                "PREMD_LOG_LEVEL", f"unknown level {self.log_level!r} (use one of {', '.join(_LOG_LEVELS)})"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +154,8 @@ def _parse(field: msgspec.structs.FieldInfo, value: str) -> Any:
         return [part.strip() for part in parts if part.strip()]
     if "None" in text and value == "":
         return None
+    if "str" not in text:
+        return value.strip()  # "8080 " from an env file is still a port
     return value
 
 

@@ -12,10 +12,13 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from common.errors import AppError, Code
+from gateway import problems
+from gateway.keys import SETTINGS
 from gateway.schemas import ErrorMessage, ErrorResponse, ValidationErrorResponse, ValidationIssue
 
 logger = logging.getLogger(__name__)
@@ -24,6 +27,7 @@ T = TypeVar("T")
 
 _UNAVAILABLE = frozenset({Code.BUS_TIMEOUT, Code.BUS_UNAVAILABLE, Code.DOCKER_UNAVAILABLE})
 _HIDDEN = "internal error (see premd's log)"
+_BUS_DOWN = "premd's message bus (NATS) did not answer"
 
 
 class ApiError(Exception):
@@ -69,6 +73,15 @@ def error_response(message: str, status: int = 400, code: str | None = None) -> 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _answer_errors(request, handler)
+    if not response.prepared and request.writer.output_size > 0 and request.transport is not None:
+        # The handler failed after its stream (SSE, NDJSON, proxy) had started: aiohttp would write the error's
+        # status line inside that body. End the connection instead: the client sees a truncated stream.
+        request.transport.close()
+    return response
+
+
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -80,9 +93,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status == 500:
             logger.error("%s %s: %s", request.method, request.path, exc)
         return error_response(_HIDDEN if status == 500 else exc.message, status, exc.code)
-    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        # FastAPI's bodies for an unknown path or method.
+    except web.HTTPRequestEntityTooLarge:  # request.read() past client_max_size (PREMD_MAX_BODY_BYTES)
+        limit = request.app[SETTINGS].max_body_bytes
+        return error_response(f"body larger than {limit} bytes", 413, problems.BODY_TOO_LARGE)
+    except web.HTTPException as exc:
+        # FastAPI's bodies for an unknown path or method (and any other HTTP error aiohttp raises).
         return web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))
+    except nats.errors.Error as exc:  # a bus call outside bus.request() (JetStream API): NATS is down or slow
+        logger.warning("%s %s: %r", request.method, request.path, exc)
+        code = Code.BUS_TIMEOUT if isinstance(exc, TimeoutError) else Code.BUS_UNAVAILABLE
+        return error_response(_BUS_DOWN, 503, code)
     except Exception:  # boundary: one failing request never takes the gateway down, and shows no internals
         logger.exception("%s %s failed", request.method, request.path)
         return web.Response(status=500, text="Internal Server Error")

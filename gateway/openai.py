@@ -187,7 +187,8 @@ async def _forward(request: web.Request) -> web.StreamResponse:
                 shown = model if len(model) <= 128 else model[:128] + "..."
                 raise problems.EdgeError(404, problems.MODEL_NOT_FOUND, f"The model {shown!r} does not exist") from None
             raise
-        return await proxy.forward(request, model, target, request.rel_url.raw_path_qs, prefix="", body=body)
+        path_qs = request.rel_url.raw_path + proxy.forwarded_query(request)
+        return await proxy.forward(request, model, target, path_qs, prefix="", body=body)
     except problems.EdgeError as exc:
         return problems.as_openai(exc)
 

@@ -52,9 +52,9 @@ async def catch_up(request: web.Request, bucket: str = subjects.KV_OBSERVED) -> 
     mirrors = (
         (view.catalog.meta_mirror, view.catalog.entries_mirror) if bucket == subjects.KV_CATALOG else (view.observed,)
     )
-    info = await request.app[NC].jetstream().stream_info(f"KV_{bucket}")
-    last = info.state.last_seq
     timeout = request.app[SETTINGS].request_timeout_s
+    info = await request.app[NC].jetstream(timeout=timeout).stream_info(f"KV_{bucket}")
+    last = info.state.last_seq
     try:
         for mirror in mirrors:
             await _caught_up(mirror, last, timeout)

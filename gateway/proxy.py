@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +34,7 @@ from gateway import problems
 from gateway.apidoc import documented
 from gateway.keys import SETTINGS, VIEW
 from gateway.metrics import METRICS, Metrics
+from gateway.security import TOKEN_QUERY
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +97,18 @@ def resolve(app: web.Application, service_id: str) -> str:
 def _upstream_path(request: web.Request) -> str:
     """The path after ``/proxy/<id>``, still encoded, with the query (premd's query token removed)."""
     parts = request.rel_url.raw_path.split("/", 3)
-    path = "/" + parts[3] if len(parts) > 3 else "/"
+    return ("/" + parts[3] if len(parts) > 3 else "/") + forwarded_query(request)
+
+
+def forwarded_query(request: web.Request) -> str:
+    """``?<query>`` as sent (still encoded) minus premd's ``access_token``; "" when nothing is left.
+
+    Keys are compared decoded, as the token check reads them: ``access%5Ftoken=`` is the same parameter.
+    """
     query = request.rel_url.raw_query_string
-    if query and "access_token=" in query and request.app[SETTINGS].api_token:
-        query = "&".join(p for p in query.split("&") if not p.startswith("access_token="))
-    return path + ("?" + query if query else "")
+    if query and request.app[SETTINGS].api_token:
+        query = "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != TOKEN_QUERY)
+    return "?" + query if query else ""
 
 
 def forward_headers(request: web.Request, prefix: str, websocket: bool = False) -> CIMultiDict[str]:

@@ -78,13 +78,18 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def token_matches(given: str, token: bytes) -> bool:
+    """Constant-time comparison; any text, even undecodable header bytes (surrogates), is merely wrong."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token)
+
+
 def bearer_matches(authorization: str | None, token: bytes) -> bool:
     if not authorization:
         return False
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(credentials.strip().encode(), token)
+    return token_matches(credentials.strip(), token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,7 @@ class Guard:
             "text/event-stream" in headers.get("Accept", "") or headers.get("Upgrade", "").lower() == "websocket"
         ):
             given = request.query.get(TOKEN_QUERY)
-            return given is not None and hmac.compare_digest(given.encode(), self.token)
+            return given is not None and token_matches(given, self.token)
         return False
 
 

@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from builder.component import Builder
 from common.component import ComponentType, Running, load_settings, stop_on_signals
-from common.embedded_nats import EmbeddedNats
+from common.embedded_nats import EmbeddedNats, NatsServerError
 from common.logs import setup_logging
 from common.settings import Settings
 from gateway.component import Gateway
@@ -50,4 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         settings = load_settings()
         setup_logging(settings.log_level)
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except NatsServerError as exc:  # e.g. its port is taken: one line that says what to do, no traceback
+            print(f"premd: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None

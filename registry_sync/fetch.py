@@ -1,12 +1,14 @@
 """Fetching registry documents: http(s) with conditional requests, file:// from disk; a deadline and a size limit.
 
-Nothing here blocks the event loop: HTTP goes through aiohttp, disk reads through a worker thread.
+Nothing here blocks the event loop: HTTP goes through aiohttp, disk reads through a worker thread. A file://
+registry must be a regular file: a FIFO or a device could block the worker thread forever, past the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -33,7 +35,11 @@ FetchResult = NotModified | Document
 
 
 def scheme_of(url: str) -> str:
-    return urlsplit(url).scheme.lower()
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:  # e.g. "http://[::1": malformed, but its scheme is still what the user meant
+        scheme, colon, _ = url.partition(":")
+        return scheme.lower() if colon else ""
 
 
 def is_supported(url: str) -> bool:
@@ -64,6 +70,9 @@ class Fetcher:
                     return await self._get(url, etag, last_modified)
         except TimeoutError:
             raise FetchError(f"no complete answer within {self.timeout_s:g} s") from None
+        except ValueError as exc:
+            # A malformed URL (urlsplit, yarl, a NUL byte in a path): this registry's problem, not the others'.
+            raise FetchError(f"invalid URL: {exc}") from None
         raise FetchError(f"unsupported URL scheme {scheme!r} (use http, https or file)")
 
     async def _get(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
@@ -86,6 +95,8 @@ class Fetcher:
                 return Document(
                     body=body, etag=resp.headers.get("ETag"), last_modified=resp.headers.get("Last-Modified")
                 )
+        except aiohttp.InvalidURL as exc:
+            raise FetchError(f"invalid URL: {exc}") from None
         except aiohttp.ClientError as exc:
             raise FetchError(f"{type(exc).__name__}: {exc}") from None
 
@@ -105,8 +116,11 @@ class Fetcher:
             raise FetchError(f"file URLs must name a local path, not host {parts.netloc!r}")
         path = unquote(parts.path)
         try:
-            with open(path, "rb") as f:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a regular file is refused below.
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
                 st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise FetchError(f"{path} is not a regular file")
                 # Like nginx: modification time and size make the validator, so an unchanged file is not re-read.
                 validator = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
                 if etag == validator:

@@ -69,6 +69,7 @@ class Registry:
     entries: list[CatalogEntry] = field(default_factory=list)
     encoded: dict[str, bytes] = field(default_factory=dict)
     skipped: list[SkippedEntry] = field(default_factory=list)
+    skipped_total: int = 0
     unsupported: int = 0
     status: RegistryHealth = "pending"
     error: str | None = None
@@ -79,15 +80,31 @@ class Registry:
     sha256: str | None = None
     size: int = 0
     bundled: bool = False
+    checks_started: int = 0
+    check_applied: int = 0
+    """Sequence of the last check applied: an outcome older than it is stale (slow fetch, concurrent refresh)."""
 
     def load(self, loaded: Loaded, info: ContentInfo, bundled: bool = False) -> None:
         """Take a validated document as this registry's last good content."""
         parsed = loaded.parsed
         self.entries, self.skipped, self.unsupported = parsed.entries, parsed.skipped, parsed.unsupported
+        self.skipped_total = parsed.skipped_total
         self.encoded = loaded.encoded
         self.sha256, self.size, self.fetched_at = info.sha256, info.size, info.fetched_at
         self.etag, self.last_modified = info.etag, info.last_modified
         self.bundled = bundled
+
+    def begin_check(self) -> int:
+        """A sequence number for a check about to start (pass it to ``is_current`` with its outcome)."""
+        self.checks_started += 1
+        return self.checks_started
+
+    def is_current(self, check: int) -> bool:
+        """True, and now the latest, unless a check started after ``check`` was applied first."""
+        if check <= self.check_applied:
+            return False
+        self.check_applied = check
+        return True
 
     def info(self) -> ContentInfo:
         return ContentInfo(
@@ -135,6 +152,7 @@ class Registry:
             last_modified=self.last_modified,
             count=len(self.entries),
             skipped=self.skipped,
+            skipped_total=self.skipped_total,
             bundled=self.bundled,
             bundled_date=BUNDLED_DATE if self.bundled else None,
             unsupported=self.unsupported,

@@ -92,6 +92,10 @@ class RegistrySyncer:
             logger.warning("stored content of %s is unusable (%s); waiting for a fetch", url, exc)
             return registry
         assert loaded is not None
+        if info.sha256 and sha != info.sha256:
+            # A crash between the object and its record: the body is good, the validators may not match it.
+            logger.warning("stored content of %s does not match its record; it will be fetched in full", url)
+            info = msgspec.structs.replace(info, etag=None, last_modified=None)
         registry.load(loaded, msgspec.structs.replace(info, sha256=sha), bundled=bundled)
         return registry
 
@@ -124,11 +128,13 @@ class RegistrySyncer:
         """Check one registry (or all) now: conditional fetches, then one publish if anything changed."""
         if url is not None and url not in self.registries:
             raise raise_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
-        targets = [url] if url is not None else list(self.registries)
-        outcomes = await asyncio.gather(*(check(self.fetcher, u, self.registries.get(u)) for u in targets))
+        targets = [self.registries[url]] if url is not None else list(self.registries.values())
+        started = [registry.begin_check() for registry in targets]
+        outcomes = await asyncio.gather(*(check(self.fetcher, registry.url, registry) for registry in targets))
         async with self._lock:
-            for target, outcome in zip(targets, outcomes, strict=True):
-                if (registry := self.registries.get(target)) is not None:  # not removed meanwhile
+            for registry, seq, outcome in zip(targets, started, outcomes, strict=True):
+                # Skipped: removed (or removed and added again) meanwhile, or a check started later was applied.
+                if self.registries.get(registry.url) is registry and registry.is_current(seq):
                     await self._apply(registry, outcome)
             event = await self._publish()
         return RefreshResult(

@@ -36,11 +36,17 @@ class EntryError(Exception):
         self.reason = reason
 
 
+MAX_REPORTED_SKIPS = 100
+"""Skipped entries reported one by one; past that only counted (a garbage document must not make a huge report)."""
+
+
 class Parsed(msgspec.Struct, frozen=True, kw_only=True):
     """One registry document, validated."""
 
     entries: list[CatalogEntry]
     skipped: list[SkippedEntry]
+    """The first MAX_REPORTED_SKIPS skipped entries."""
+    skipped_total: int
     unsupported: int
     """Entries kept that premd cannot run (desktop-only binary services)."""
 
@@ -55,23 +61,23 @@ def parse_document(data: bytes, origin: str) -> Parsed:
         raise DocumentError(f"not a JSON array (got {_json_type(items)})")
     entries: list[CatalogEntry] = []
     skipped: list[SkippedEntry] = []
+    skipped_total = 0
     first_index: dict[str, int] = {}
     unsupported = 0
     for index, item in enumerate(items):
         try:
             entry = check_entry(item, origin, REGISTRY_REQUIRED)
+            if entry.manifest.id in first_index:
+                raise EntryError("id", f"duplicate of entry {first_index[entry.manifest.id]} in the same registry")
         except EntryError as exc:
-            skipped.append(SkippedEntry(index=index, id=usable_id(item), reason=str(exc)))
+            skipped_total += 1
+            if len(skipped) < MAX_REPORTED_SKIPS:
+                skipped.append(SkippedEntry(index=index, id=usable_id(item), reason=str(exc)))
             continue
-        service_id = entry.manifest.id
-        if service_id in first_index:
-            reason = f"id: duplicate of entry {first_index[service_id]} in the same registry"
-            skipped.append(SkippedEntry(index=index, id=service_id, reason=reason))
-            continue
-        first_index[service_id] = index
+        first_index[entry.manifest.id] = index
         unsupported += entry.manifest.docker_images is None
         entries.append(entry)
-    return Parsed(entries=entries, skipped=skipped, unsupported=unsupported)
+    return Parsed(entries=entries, skipped=skipped, skipped_total=skipped_total, unsupported=unsupported)
 
 
 def check_entry(item: object, origin: str, required: Collection[str]) -> CatalogEntry:

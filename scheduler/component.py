@@ -39,11 +39,12 @@ from common.messages import (
     StopService,
 )
 from common.settings import Settings
+from scheduler.deps import Deps
 from scheduler.docker_driver import LABEL_INSTANCE, LABEL_MANAGED, DockerDriver
 from scheduler.events import EventPublisher
 from scheduler.gpu import GpuProbe, gpu_stats
 from scheduler.host import CpuSampler, os_stats, read_host_facts
-from scheduler.operations import Deps, Operations
+from scheduler.operations import Operations
 from scheduler.ports import PortAllocator
 from scheduler.pulls import Pulls
 from scheduler.reconcile import owner

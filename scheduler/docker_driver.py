@@ -17,7 +17,15 @@ import aiohttp
 import msgspec
 from aiodocker.events import DockerEvents
 
-from common.errors import AppError, Code, ConflictError, InternalError, NotFoundError, UnavailableError
+from common.errors import (
+    AppError,
+    Code,
+    ConflictError,
+    InternalError,
+    InvalidError,
+    NotFoundError,
+    UnavailableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +129,14 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     restart_policy: str = "no"
 
 
+def _split(command: str) -> list[str]:
+    """A manifest's command line as argv (shell quoting rules); a malformed one is the manifest's error."""
+    try:
+        return shlex.split(command)
+    except ValueError as exc:
+        raise InvalidError(Code.BAD_REQUEST, f"command {command!r}: {exc}") from None
+
+
 def service_labels(instance: str, service_id: str) -> dict[str, str]:
     return {LABEL_MANAGED: "true", LABEL_INSTANCE: instance, LABEL_SERVICE: service_id}
 
@@ -135,7 +151,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
     host: dict[str, Any] = {"AutoRemove": False, "RestartPolicy": {"Name": spec.restart_policy}}
     config: dict[str, Any] = {"Image": spec.image, "Env": list(spec.env), "Labels": labels, "HostConfig": host}
     if spec.command:
-        config["Cmd"] = shlex.split(spec.command)
+        config["Cmd"] = _split(spec.command)
     if spec.container_port is not None:
         key = f"{spec.container_port}/tcp"
         config["ExposedPorts"] = {key: {}}
@@ -337,9 +353,10 @@ class DockerDriver:
 
     async def exec(self, container_id: str, command: str) -> int | None:
         """Run a command in the container, wait for it, return its exit code."""
+        argv = _split(command)
         with _mapped(f"exec in {container_id}"):
             container = self._docker.containers.container(container_id)
-            ex = await container.exec(shlex.split(command), stdout=True, stderr=True)
+            ex = await container.exec(argv, stdout=True, stderr=True)
             async with ex.start(detach=False) as stream:
                 while await stream.read_out() is not None:
                     pass

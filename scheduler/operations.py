@@ -1,87 +1,36 @@
 """Service operations: start, restart, stop, and the readiness watch of an adopted container.
 
 A command handler validates, checks fit, records desired state, registers the operation and replies;
-the work runs in a task owned by the scheduler. One operation per service at a time: a second start
-joins the one in flight; a stop cancels it. Observed state is written before the event announcing it.
+the work (``scheduler/starter.py``) runs in a task owned by the scheduler. One operation per service at
+a time: a second start joins the one in flight; a stop takes the service over and cancels it. Observed
+state is written before the event announcing it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
-from common.catalog import CatalogView
-from common.errors import AppError, Code, ConflictError, NotFoundError, error_for
+from common.errors import AppError, Code, ConflictError, NotFoundError
 from common.fit import check_memory, place_gpus, select_image
 from common.manifest import ImageEntry, Manifest
-from common.messages import (
-    DesiredState,
-    EventType,
-    GpuInfo,
-    GpuPlacement,
-    HostFacts,
-    OperationAccepted,
-    OperationKind,
-    ServiceStopped,
-    StartService,
-)
-from common.settings import Settings
-from scheduler.docker_driver import ContainerInfo, ContainerSpec, DockerDriver
-from scheduler.events import EventPublisher, check_operation_id, new_operation_id
-from scheduler.ports import PortAllocator
-from scheduler.readiness import probe_http, probe_tcp, uses_http, wait_ready
+from common.messages import DesiredState, GpuInfo, OperationAccepted, ServiceStopped, StartService
+from scheduler.deps import Deps, Op
+from scheduler.docker_driver import ContainerInfo, ContainerSpec
+from scheduler.events import check_operation_id, new_operation_id
 from scheduler.reconcile import Backoff, owner
-from scheduler.state import DesiredStore, ObservedStore, image_status, normalize_ref
-from scheduler.tasks import TaskOwner
+from scheduler.starter import Starter, StartPlan
+from scheduler.state import NO_ERROR, NOT_RUNNING, image_status, normalize_ref
 
 logger = logging.getLogger(__name__)
 
-LOG_TAIL_LINES = 20
-EXEC_TIMEOUT_S = 120.0
-START_ATTEMPTS = 3
-"""Creating + starting is retried on a port lost to a race after it was checked."""
 ACCEPTED_MEMORY = 1024
-
-
-@dataclass
-class Op:
-    id: str
-    kind: OperationKind
-    service_id: str
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass
-class Deps:
-    """What the operations work with (built once by the component)."""
-
-    settings: Settings
-    driver: DockerDriver
-    catalog: CatalogView
-    desired: DesiredStore
-    observed: ObservedStore
-    events: EventPublisher
-    tasks: TaskOwner
-    facts: Callable[[], HostFacts | None]
-    ports: PortAllocator
-    instance: str
-    """This premd's id, on the labels of every container it makes."""
-
-
-def volume_name(service_id: str) -> str:
-    return f"prem-{service_id}-data"
-
-
-def placements(gpus: list[GpuInfo]) -> list[GpuPlacement]:
-    return [GpuPlacement(uuid=g.uuid, index=g.index, name=g.name) for g in gpus]
+"""How many client-chosen operation ids are remembered (a retried start with one of them is joined)."""
 
 
 class Operations:
@@ -95,6 +44,7 @@ class Operations:
         self.backoff: dict[str, Backoff] = {}
         self.pulling: set[str] = set()
         """Services with a pull in flight (kept by Pulls)."""
+        self._starter = Starter(deps, self.backoff, self._finish)
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -108,14 +58,34 @@ class Operations:
     def _register(self, op: Op) -> None:
         self._ops[op.service_id] = op
 
+    def _joined(self, service_id: str, key: str | None) -> OperationAccepted | None:
+        """The reply joining the operation in flight on the service, if any (a stop in flight refuses)."""
+        op = self._ops.get(service_id)
+        if op is None:
+            return None
+        if op.kind == "stop":
+            raise ConflictError(Code.STATE_CONFLICT, f"Service {service_id} is stopping.")
+        return self._remember(
+            key, OperationAccepted(operation_id=op.id, service_id=service_id, kind=op.kind, joined=True)
+        )
+
     async def _record(self, op: Op, *, force: bool = False) -> DesiredState:
-        """Register the operation (reconcile keeps off the service from now on), then record desired state."""
+        """Register the operation (reconcile keeps off the service from now on), then record desired state.
+
+        Nothing may be awaited between the caller's last ``_joined`` check and this call.
+        """
         self._register(op)
         try:
-            return await self.d.desired.set(op.service_id, True, op.id, force=force)
+            desired = await self.d.desired.set(op.service_id, True, op.id, force=force)
+            if self._ops.get(op.service_id) is not op:  # a stop took the service over meanwhile
+                raise ConflictError(Code.STATE_CONFLICT, f"Service {op.service_id} is stopping.")
         except BaseException:
             self._finish(op)
             raise
+        return desired
+
+    def _spawn(self, op: Op, plan: StartPlan, name: str) -> None:
+        op.task = self.d.tasks.spawn(self._starter.run_start(op, plan), f"{name} {op.service_id}")
 
     def _finish(self, op: Op) -> None:
         if self._ops.get(op.service_id) is op:
@@ -129,9 +99,6 @@ class Operations:
             while len(self._accepted) > ACCEPTED_MEMORY:
                 self._accepted.popitem(last=False)
         return accepted
-
-    async def _event(self, op: Op, type_: EventType, **fields: object) -> None:
-        await self.d.events.publish(op.id, op.service_id, op.kind, type_, **fields)
 
     # ------------------------------------------------------------ lookups
 
@@ -147,17 +114,16 @@ class Operations:
             raise ConflictError(Code.SERVICE_UNSUPPORTED, f"Service {manifest.id} has no image for this machine.")
         return image, gpu
 
-    async def local_image(self, service_id: str, ref: str, *, ask_docker: bool = True) -> str:
+    async def local_image(self, service_id: str, ref: str) -> str:
         """The local tag to run: the manifest's, else an older local tag of the same repository (premd)."""
         state = self.d.observed.state(service_id)
         if state.downloaded and state.downloaded_image:
             return state.downloaded_image
-        if ask_docker and await self.d.driver.image(ref) is not None:
+        if await self.d.driver.image(ref) is not None:
             return normalize_ref(ref)
-        if ask_docker:
-            downloaded, local, _ = image_status(ref, [t for i in await self.d.driver.images() for t in i.tags])
-            if downloaded and local:
-                return local
+        downloaded, local, _ = image_status(ref, [t for i in await self.d.driver.images() for t in i.tags])
+        if downloaded and local:
+            return local
         raise ConflictError(Code.IMAGE_NOT_DOWNLOADED, f"Image {ref} of {service_id} is not downloaded.")
 
     def place(self, manifest: Manifest, gpu: bool, force: bool) -> list[GpuInfo]:
@@ -168,6 +134,19 @@ class Operations:
         if not chosen and force:
             chosen = [max(facts.gpus, key=lambda g: (g.memory_free_mib, -g.index))]
         return chosen
+
+    def container_spec(
+        self,
+        operation_id: str,
+        manifest: Manifest,
+        ref: str,
+        gpus: list[GpuInfo],
+        generation: int,
+        port: int | None,
+        volume: str | None,
+    ) -> ContainerSpec:
+        """The container a start of the service would create."""
+        return self._starter.container_spec(operation_id, StartPlan(manifest, ref, gpus, generation), port, volume)
 
     async def containers_of(self, service_id: str) -> list[ContainerInfo]:
         return [c for c in await self.d.driver.containers() if owner(c, {service_id}, self.d.instance) == service_id]
@@ -182,18 +161,18 @@ class Operations:
             return msgspec.structs.replace(seen, joined=True)
         manifest = self.manifest(sid)
         image, gpu = self.image_for(manifest)
-        if (op := self._ops.get(sid)) is not None:
-            if op.kind == "stop":
-                raise ConflictError(Code.STATE_CONFLICT, f"Service {sid} is stopping.")
-            return self._remember(key, OperationAccepted(operation_id=op.id, service_id=sid, kind=op.kind, joined=True))
+        if (joined := self._joined(sid, key)) is not None:
+            return joined
         state = self.d.observed.state(sid)
         if state.running and state.container_id:
             desired_now = self.d.desired.get(sid)
             previous = state.operation_id or (desired_now.operation_id if desired_now is not None else "")
             return self._remember(
-                key, OperationAccepted(operation_id=previous or "", service_id=sid, kind="start", joined=True)
+                key, OperationAccepted(operation_id=previous, service_id=sid, kind="start", joined=True)
             )
         ref = await self.local_image(sid, image.image)
+        if (joined := self._joined(sid, key)) is not None:  # an operation began while Docker was asked
+            return joined
         facts = self.d.facts()
         if facts is not None and not cmd.force:
             check_memory(manifest, facts)
@@ -201,19 +180,19 @@ class Operations:
         op = Op(key or new_operation_id(), "start", sid)
         self.backoff.pop(sid, None)  # a start asked for by a user begins a fresh crash count
         desired = await self._record(op, force=cmd.force)
-        op.task = self.d.tasks.spawn(self._run_start(op, manifest, ref, gpus, desired.generation), f"start {sid}")
+        self._spawn(op, StartPlan(manifest, ref, gpus, desired.generation), "start")
         return self._remember(key, OperationAccepted(operation_id=op.id, service_id=sid, kind="start"))
 
     async def restart(self, service_id: str) -> OperationAccepted:
         """Restart in place when the running container already runs the image to use, else recreate it."""
         manifest = self.manifest(service_id)
         image, gpu = self.image_for(manifest)
-        if (op := self._ops.get(service_id)) is not None:
-            if op.kind == "stop":
-                raise ConflictError(Code.STATE_CONFLICT, f"Service {service_id} is stopping.")
-            return OperationAccepted(operation_id=op.id, service_id=service_id, kind=op.kind, joined=True)
+        if (joined := self._joined(service_id, None)) is not None:
+            return joined
         ref = await self.local_image(service_id, image.image)
         found = sorted(await self.containers_of(service_id), key=lambda c: (c.running, c.created), reverse=True)
+        if (joined := self._joined(service_id, None)) is not None:  # an operation began while Docker was asked
+            return joined
         in_place = found[0] if found and found[0].running and normalize_ref(found[0].image) == ref else None
         facts = self.d.facts()
         gpus: list[GpuInfo] = []
@@ -225,60 +204,61 @@ class Operations:
             gpus = self.place(manifest, gpu, False)
         op = Op(new_operation_id(), "restart", service_id)
         desired = await self._record(op)
-        work = self._run_start(op, manifest, ref, gpus, desired.generation, in_place=in_place)
-        op.task = self.d.tasks.spawn(work, f"restart {service_id}")
+        self._spawn(op, StartPlan(manifest, ref, gpus, desired.generation, in_place=in_place), "restart")
         return OperationAccepted(operation_id=op.id, service_id=service_id, kind="restart")
 
     async def stop(self, service_id: str) -> ServiceStopped:
         """Synchronous: replies once the containers are gone and KV says stopped."""
         lock = self._stop_locks.setdefault(service_id, asyncio.Lock())
         async with lock:
-            cancelled = await self._cancel(service_id)
             op = Op(new_operation_id(), "stop", service_id)
-            self._register(op)
+            previous = self._ops.get(service_id)
+            self._register(op)  # first: from now on a start is refused and reconcile keeps off
             try:
-                found = await self.containers_of(service_id)
-                if not found and not self.d.desired.wants_running(service_id) and not cancelled:
-                    raise ConflictError(Code.SERVICE_NOT_RUNNING, f"Service {service_id} is not running.")
-                await self.d.desired.set(service_id, False, op.id)
-                for c in found:
-                    await self.d.driver.remove(c.id)
-                self.backoff.pop(service_id, None)
-                await self.d.observed.change(
-                    service_id,
-                    phase="stopped",
-                    running=False,
-                    ready=False,
-                    host_port=None,
-                    container_id=None,
-                    volume_name=None,
-                    gpus=[],
-                    operation_id=op.id,
-                    last_error=None,
-                    error_code=None,
-                    exit_code=None,
-                    log_tail=None,
-                )
-                await self._event(op, "succeeded", phase="stopped", status="stopped")
+                await self._stop_registered(op, previous)
             finally:
                 self._finish(op)
         return ServiceStopped(service_id=service_id, message=f"Service {service_id} stopped successfully.")
 
-    async def _cancel(self, service_id: str) -> bool:
-        op = self._ops.get(service_id)
-        if op is None or op.task is None:
+    async def _stop_registered(self, op: Op, previous: Op | None) -> None:
+        sid = op.service_id
+        interrupted = await self._cancel(previous)
+        found = await self.containers_of(sid)
+        if not found and not self.d.desired.wants_running(sid) and not interrupted:
+            raise ConflictError(Code.SERVICE_NOT_RUNNING, f"Service {sid} is not running.")
+        await self.d.desired.set(sid, False, op.id)
+        for c in found:
+            await self.d.driver.remove(c.id)
+        self.backoff.pop(sid, None)
+        await self.d.observed.change(
+            sid,
+            phase="stopped",
+            **NOT_RUNNING,
+            **NO_ERROR,
+            container_id=None,
+            volume_name=None,
+            gpus=[],
+            operation_id=op.id,
+        )
+        await self.d.events.publish(op.id, sid, op.kind, "succeeded", phase="stopped", status="stopped")
+
+    async def _cancel(self, op: Op | None) -> bool:
+        """End the operation a stop takes over (True when there was one); its task, if any, is cancelled."""
+        if op is None:
             return False
-        op.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await op.task
-        await self._event(
-            op, "failed", phase="stopped", error_code=Code.SERVICE_START_FAILED, message="cancelled by a stop"
+        if op.task is not None:
+            op.task.cancel()
+            await asyncio.wait([op.task])  # not ``await op.task``: that would swallow a cancel of this stop
+        message = "cancelled by a stop"
+        code = Code.SERVICE_START_FAILED
+        await self.d.events.publish(
+            op.id, op.service_id, op.kind, "failed", phase="stopped", error_code=code, message=message
         )
         return True
 
     async def stop_all(self) -> int:
         """Stop every service that runs or should run; returns how many were stopped."""
-        known = set(self._known_ids())
+        known = {e.manifest.id for e in self.d.catalog.entries()}
         found = {
             sid for c in await self.d.driver.containers() if c.running and (sid := owner(c, known, self.d.instance))
         }
@@ -292,9 +272,6 @@ class Operations:
                 if exc.code != Code.SERVICE_NOT_RUNNING:
                     raise
         return stopped
-
-    def _known_ids(self) -> list[str]:
-        return [e.manifest.id for e in self.d.catalog.entries()]
 
     # ------------------------------------------------------------ reconcile entry points
 
@@ -315,223 +292,19 @@ class Operations:
             return False
         desired = self.d.desired.get(service_id)
         force = desired.force if desired is not None else False
+        generation = desired.generation if desired is not None else 0
         op = Op(new_operation_id(), "reconcile", service_id)
         self._register(op)
-        generation = desired.generation if desired is not None else 0
-        work = self._run_start(op, manifest, ref, self.place(manifest, gpu, force), generation, user=False)
-        op.task = self.d.tasks.spawn(work, f"reconcile start {service_id}")
+        self._spawn(
+            op, StartPlan(manifest, ref, self.place(manifest, gpu, force), generation, user=False), "reconcile start"
+        )
         return True
 
     def watch(self, service_id: str, container: ContainerInfo) -> None:
-        """Follow an adopted running container until it is ready.
-
-        Its execCommands run once ready when premd made it (it was never seen ready: the scheduler died
-        mid-start, before running them); never for a container of the Python premd (which ran them at once).
-        """
-        if service_id in self._ops:
-            return
-        manifest = self.d.catalog.get(service_id)
-        if manifest is None:
+        """Follow an adopted running container until it is ready (see ``Starter.run_watch``)."""
+        entry = self.d.catalog.get(service_id)
+        if service_id in self._ops or entry is None:
             return
         op = Op(new_operation_id(), "reconcile", service_id)
         self._register(op)
-        op.task = self.d.tasks.spawn(self._run_watch(op, manifest.manifest, container), f"watch {service_id}")
-
-    # ------------------------------------------------------------ the work
-
-    async def _run_start(
-        self,
-        op: Op,
-        manifest: Manifest,
-        ref: str,
-        gpus: list[GpuInfo],
-        generation: int,
-        *,
-        user: bool = True,
-        in_place: ContainerInfo | None = None,
-    ) -> None:
-        cid: str | None = None
-        try:
-            await self._event(op, "accepted", status="accepted")
-            if in_place is not None:
-                cid, port, volume = in_place.id, in_place.host_port, in_place.volume_name
-                await self.d.driver.restart(cid)
-            else:
-                cid, port, volume = await self._create_and_start(op, manifest, ref, gpus, generation)
-            await self.d.observed.change(
-                op.service_id,
-                phase="starting",
-                running=True,
-                ready=False,
-                host_port=port,
-                container_id=cid,
-                image=ref,
-                volume_name=volume,
-                gpus=placements(gpus),
-                operation_id=op.id,
-                last_error=None,
-                error_code=None,
-                exit_code=None,
-                log_tail=None,
-            )
-            await self._event(op, "state", phase="starting", host_port=port, status=self._started_text(manifest, port))
-            await self._become_ready(op, manifest, cid, port, run_exec=True)
-        except AppError as exc:
-            await self._failed(op, cid, exc.code, exc.message, user=user)
-        except Exception:  # boundary: the task must report, whatever broke
-            logger.exception("start of %s failed", op.service_id)
-            await self._failed(op, cid, Code.INTERNAL, "internal error (see the scheduler's log)", user=user)
-        finally:
-            self._finish(op)
-
-    @staticmethod
-    def _started_text(manifest: Manifest, port: int | None) -> str:
-        preferred = manifest.default_external_port or manifest.default_port
-        if port is not None and preferred is not None and port != preferred:
-            return f"container running on port {port} (port {preferred} was taken)"
-        return "container running" if port is None else f"container running on port {port}"
-
-    async def _run_watch(self, op: Op, manifest: Manifest, container: ContainerInfo) -> None:
-        try:
-            facts = self.d.facts()
-            gpus = [g for g in facts.gpus if g.uuid in container.gpus] if facts is not None else []
-            await self.d.observed.change(
-                op.service_id,
-                phase="starting",
-                running=True,
-                ready=False,
-                host_port=container.host_port,
-                container_id=container.id,
-                image=container.image,
-                volume_name=container.volume_name,
-                gpus=placements(gpus) if gpus else self.d.observed.state(op.service_id).gpus,
-                operation_id=op.id,
-            )
-            await self._event(op, "state", phase="starting", host_port=container.host_port, status="adopted")
-            await self._become_ready(op, manifest, container.id, container.host_port, run_exec=container.managed)
-        except AppError as exc:
-            await self._failed(op, container.id, exc.code, exc.message, user=False)
-        finally:
-            self._finish(op)
-
-    async def _create_and_start(
-        self, op: Op, manifest: Manifest, ref: str, gpus: list[GpuInfo], generation: int
-    ) -> tuple[str, int | None, str | None]:
-        sid = op.service_id
-        everything = await self.d.driver.containers()
-        for c in everything:
-            if owner(c, {sid}, self.d.instance) == sid:
-                await self.d.driver.remove(c.id)  # a stale one (premd: ``docker rm -f <id>`` first)
-        volume = volume_name(sid) if manifest.volume_path else None
-        if volume is not None:
-            await self.d.driver.ensure_volume(volume, self.d.instance, sid)
-        others = [c for c in everything if c.running and owner(c, {sid}, self.d.instance) != sid]
-        published = {c.host_port for c in others if c.host_port is not None}
-        preferred = manifest.default_external_port or manifest.default_port
-        lost: set[int] = set()
-        for _ in range(START_ATTEMPTS):
-            port = None
-            if manifest.default_port is not None and preferred is not None:
-                port = self.d.ports.reserve(preferred, published | lost)
-            try:
-                spec = self.container_spec(op.id, manifest, ref, gpus, generation, port, volume)
-                cid = await self.d.driver.create(spec)
-                try:
-                    await self.d.driver.start(cid)
-                except AppError as exc:
-                    await self.d.driver.remove(cid)
-                    if port is not None and ("allocated" in exc.message or "in use" in exc.message):
-                        lost.add(port)
-                        continue
-                    raise
-                return cid, port, volume
-            finally:
-                self.d.ports.release(port)
-        raise ConflictError(Code.PORT_UNAVAILABLE, f"no free host port for {sid} after {START_ATTEMPTS} attempts")
-
-    def container_spec(
-        self,
-        operation_id: str,
-        manifest: Manifest,
-        ref: str,
-        gpus: list[GpuInfo],
-        generation: int,
-        port: int | None,
-        volume: str | None,
-    ) -> ContainerSpec:
-        """The container of a service: named after it, labelled as premd's, its GPUs by UUID."""
-        return ContainerSpec(
-            name=manifest.id,
-            image=ref,
-            instance=self.d.instance,
-            service_id=manifest.id,
-            operation_id=operation_id,
-            generation=generation,
-            env=list(manifest.env_variables or []),
-            command=manifest.command,
-            container_port=manifest.default_port,
-            host_ip=self.d.settings.service_host,
-            host_port=port,
-            volume_name=volume,
-            volume_path=manifest.volume_path,
-            gpu_uuids=[g.uuid for g in gpus],
-            restart_policy=self.d.settings.restart_policy,
-        )
-
-    async def _alive(self, container_id: str) -> bool:
-        status = await self.d.driver.status(container_id)
-        return status is not None and status.running
-
-    async def _become_ready(self, op: Op, manifest: Manifest, cid: str, port: int | None, *, run_exec: bool) -> None:
-        deadline = manifest.readiness_timeout_s or self.d.settings.readiness_timeout_s
-        if port is None:
-            outcome = "ready" if await self._alive(cid) else "exited"
-        else:
-            check = probe_http if uses_http(manifest) else probe_tcp
-            probe = functools.partial(check, self.d.settings.service_host, port)
-            outcome = await wait_ready(probe, functools.partial(self._alive, cid), deadline)
-        if outcome == "exited":
-            raise error_for(Code.SERVICE_START_FAILED, f"Service {op.service_id} exited while starting.")
-        if outcome == "timeout":
-            raise error_for(Code.SERVICE_NOT_READY, f"Service {op.service_id} not ready within {deadline:g} s.")
-        if run_exec:
-            for command in manifest.exec_commands or []:
-                code = await asyncio.wait_for(self.d.driver.exec(cid, command), EXEC_TIMEOUT_S)
-                if code:
-                    logger.warning("%s: exec %r exited with %s", op.service_id, command, code)
-        await self.d.observed.change(op.service_id, phase="ready", ready=True)
-        await self._event(op, "succeeded", phase="ready", host_port=port, status="ready")
-
-    async def _failed(self, op: Op, cid: str | None, code: str, message: str, *, user: bool) -> None:
-        """Report a failed start: exit code and log tail kept (the container stays for its logs)."""
-        exit_code: int | None = None
-        tail: list[str] | None = None
-        if cid is not None:
-            with contextlib.suppress(AppError):
-                status = await self.d.driver.status(cid)
-                if status is not None and status.running:
-                    await self.d.driver.kill(cid)
-                    status = await self.d.driver.status(cid)
-                exit_code = status.exit_code if status is not None else None
-                tail = await self.d.driver.logs_tail(cid, LOG_TAIL_LINES)
-        if exit_code is not None and code == Code.SERVICE_START_FAILED:
-            message = f"{message[:-1]}: exit code {exit_code}."
-        with contextlib.suppress(AppError):
-            if user:  # a start that failed is not retried by reconcile; a crash of a ready service is
-                await self.d.desired.set(op.service_id, False, op.id)
-            await self.d.observed.change(
-                op.service_id,
-                phase="failed",
-                running=False,
-                ready=False,
-                host_port=None,
-                container_id=cid,
-                operation_id=op.id,
-                error_code=code,
-                last_error=message,
-                exit_code=exit_code,
-                log_tail=tail,
-            )
-        await self._event(
-            op, "failed", phase="failed", error_code=code, message=message, exit_code=exit_code, log_tail=tail
-        )
+        op.task = self.d.tasks.spawn(self._starter.run_watch(op, entry.manifest, container), f"watch {service_id}")

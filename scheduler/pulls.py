@@ -17,8 +17,9 @@ import msgspec
 from common.errors import AppError, Code
 from common.fit import check_disk
 from common.messages import EventType, OperationAccepted, PullImage, ServiceState
+from scheduler.deps import Deps
 from scheduler.events import new_operation_id
-from scheduler.operations import Deps, Operations
+from scheduler.operations import Operations
 from scheduler.pull_progress import PullProgress
 from scheduler.state import normalize_ref
 
@@ -82,43 +83,41 @@ class Pulls:
 
             return fn
 
-        for sid in list(pull.service_ids):
-            if pulling:
-                self._ops.pulling.add(sid)
-            else:
-                self._ops.pulling.discard(sid)
+        sids = list(pull.service_ids)
+        # In memory first: should a KV write fail, reconcile still sees no pull in flight and resets the phase.
+        if pulling:
+            self._ops.pulling.update(sids)
+        else:
+            self._ops.pulling.difference_update(sids)
+        for sid in sids:
             await self.d.observed.update(sid, apply(sid))
 
     async def _run(self, pull: _Pull) -> None:
+        """The pull's task: it always ends with one ``succeeded`` or ``failed`` event, whatever broke."""
         try:
             await self._publish(pull, "accepted", status="accepted")
             await self._set_pulling(pull, True)
             await self._stream(pull)
             if await self.d.driver.image(pull.ref) is None:
                 raise AppError(Code.PULL_FAILED, f"pull {pull.ref}: the image is not there after the pull")
+            await self._images_changed()  # downloaded=true in KV before the event that announces it
         except AppError as exc:
-            self._by_ref.pop(pull.ref, None)
-            await self._set_pulling(pull, False)
-            await self._publish(pull, "failed", status="Error", error_code=exc.code, message=exc.message)
-            return
+            await self._end(pull, "failed", status="Error", error_code=exc.code, message=exc.message)
         except Exception:  # boundary: the pull must end with an event, whatever broke
             logger.exception("pull of %s failed", pull.ref)
-            self._by_ref.pop(pull.ref, None)
-            await self._set_pulling(pull, False)
-            await self._publish(pull, "failed", status="Error", error_code=Code.INTERNAL, message="internal error")
-            return
+            await self._end(pull, "failed", status="Error", error_code=Code.INTERNAL, message="internal error")
+        else:
+            total = pull.progress.snapshot().bytes_total
+            done = {"percentage": 100.0, "bytes_done": total, "bytes_total": total}
+            await self._end(pull, "succeeded", status="Download complete", **done)
+
+    async def _end(self, pull: _Pull, type_: EventType, **fields: Any) -> None:
+        """No more joiners; the services leave the "pulling" phase; then the last event, even if KV failed."""
         self._by_ref.pop(pull.ref, None)
-        await self._images_changed()  # downloaded=true in KV before the event that announces it
-        await self._set_pulling(pull, False)
-        snap = pull.progress.snapshot()
-        await self._publish(
-            pull,
-            "succeeded",
-            status="Download complete",
-            percentage=100.0,
-            bytes_done=snap.bytes_total,
-            bytes_total=snap.bytes_total,
-        )
+        try:
+            await self._set_pulling(pull, False)
+        finally:
+            await self._publish(pull, type_, **fields)
 
     async def _stream(self, pull: _Pull) -> None:
         last = 0.0

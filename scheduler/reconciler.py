@@ -13,11 +13,13 @@ import time
 from common.errors import AppError, Code
 from common.fit import select_image
 from common.messages import CatalogEntry
+from scheduler.deps import Deps
 from scheduler.docker_driver import ContainerInfo, DockerEvent
 from scheduler.events import new_operation_id
-from scheduler.operations import LOG_TAIL_LINES, Deps, Operations
-from scheduler.reconcile import Action, Adopt, Idle, Remove, Start, after_crash, decide, owner
-from scheduler.state import image_status
+from scheduler.operations import Operations
+from scheduler.reconcile import Action, Adopt, Backoff, Idle, Remove, Start, after_crash, decide, owner
+from scheduler.starter import LOG_TAIL_LINES
+from scheduler.state import NOT_RUNNING, image_status
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +38,17 @@ class Reconciler:
         self._ops = ops
         self._kick = asyncio.Event()
         self._wake_at: float | None = None
+        self._listed_at = 0.0
+        """When the pass under way listed Docker."""
         self.passes = 0
         self.converged = asyncio.Event()
         """Set after the first complete pass."""
         self.attempted = asyncio.Event()
         """Set after the first pass, complete or not (Docker may be away)."""
+
+    def _taken_over(self, service_id: str) -> bool:
+        """An operation owns the service, or ended since this pass listed Docker: the listing is stale for it."""
+        return service_id in self._ops.busy() or self._ops.settled_since(service_id, self._listed_at)
 
     def kick(self) -> None:
         self._kick.set()
@@ -91,7 +99,7 @@ class Reconciler:
     # ------------------------------------------------------------ one pass
 
     async def pass_once(self) -> None:
-        started = time.monotonic()
+        self._listed_at = started = time.monotonic()
         containers = await self.d.driver.containers()
         tags = [t for image in await self.d.driver.images() for t in image.tags]
         entries = self.d.catalog.entries()
@@ -100,8 +108,8 @@ class Reconciler:
         busy = self._ops.busy() | {sid for sid in known if self._ops.settled_since(sid, started)}
         self._wake_at = None
         for action in decide(known, dict(self.d.desired.items()), containers, busy, self.d.instance):
-            if action.service_id in self._ops.busy():
-                continue  # an operation began while this pass was deciding
+            if self._taken_over(action.service_id):
+                continue  # an operation began (or even ended) while this pass was at work
             try:
                 await self._apply(action, known)
             except AppError as exc:
@@ -149,28 +157,34 @@ class Reconciler:
             self._ops.watch(sid, c)
 
     async def _start(self, action: Start) -> None:
-        sid, previous = action.service_id, action.previous
-        if previous is None or not action.crashed:
-            self._ops.start_for_reconcile(sid)
+        """Start now, or once the backoff after a crash (or a failed start) is over."""
+        sid, now = action.service_id, time.monotonic()
+        dead = action.previous if action.crashed else None
+        record = await self._crashed(sid, dead, now) if dead is not None else self._ops.backoff.get(sid)
+        if record is not None and now < record.next_start_at:
+            if self._wake_at is None or record.next_start_at < self._wake_at:
+                self._wake_at = record.next_start_at
             return
-        now = time.monotonic()
+        if self._ops.start_for_reconcile(sid) and dead is not None:
+            state = self.d.observed.state(sid)
+            await self.d.observed.change(sid, restarts=state.restarts + 1)
+
+    async def _crashed(self, sid: str, dead: ContainerInfo, now: float) -> Backoff:
+        """The backoff after the service's dead container; a crash not seen before is recorded and reported."""
         settings = self.d.settings
         old = self._ops.backoff.get(sid)
-        record = after_crash(old, previous.id, now, settings.crash_backoff_s, settings.crash_backoff_max_s)
+        record = after_crash(old, dead.id, now, settings.crash_backoff_s, settings.crash_backoff_max_s)
         if record is not old:
             self._ops.backoff[sid] = record
-            await self._record_crash(sid, previous, record.next_start_at - now, record.crashloop)
-        if now >= record.next_start_at:
-            if self._ops.start_for_reconcile(sid):
-                state = self.d.observed.state(sid)
-                await self.d.observed.change(sid, restarts=state.restarts + 1)
-        elif self._wake_at is None or record.next_start_at < self._wake_at:
-            self._wake_at = record.next_start_at
+            await self._record_crash(sid, dead, record.next_start_at - now, record.crashloop)
+        return record
 
     async def _record_crash(self, sid: str, container: ContainerInfo, delay_s: float, crashloop: bool) -> None:
         status = await self.d.driver.status(container.id)
         code = status.exit_code if status is not None else None
         tail = await self.d.driver.logs_tail(container.id, LOG_TAIL_LINES)
+        if self._taken_over(sid):
+            return  # a command took the service over meanwhile (a stop, a restart): the state is its
         what = "crash loop" if crashloop else "crashed"
         message = f"Service {sid} {what}: exit code {code}; restarting in {delay_s:.0f} s."
         logger.warning("%s", message)
@@ -178,9 +192,7 @@ class Reconciler:
         await self.d.observed.change(
             sid,
             phase=phase,
-            running=False,
-            ready=False,
-            host_port=None,
+            **NOT_RUNNING,
             container_id=container.id,
             error_code=Code.SERVICE_CRASHED,
             last_error=message,
@@ -199,9 +211,7 @@ class Reconciler:
         await self.d.observed.change(
             sid,
             phase=phase,
-            running=False,
-            ready=False,
-            host_port=None,
+            **NOT_RUNNING,
             container_id=kept.id if kept is not None and phase != "stopped" else None,
             volume_name=None,
             gpus=[],

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 import msgspec
@@ -26,6 +27,13 @@ from common.messages import DesiredState, ServiceState
 T = TypeVar("T", bound=msgspec.Struct)
 
 ATTEMPTS = 10
+
+NOT_RUNNING: Mapping[str, object] = MappingProxyType({"running": False, "ready": False, "host_port": None})
+"""ServiceState fields of a service with no live container."""
+NO_ERROR: Mapping[str, object] = MappingProxyType(
+    {"last_error": None, "error_code": None, "exit_code": None, "log_tail": None}
+)
+"""ServiceState fields cleared when a service starts or stops (the last failure no longer applies)."""
 
 
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:

@@ -7,10 +7,13 @@ state, succeeded, failed; or ``catalog.changed``) and ``data: <the event's JSON>
 
 from __future__ import annotations
 
+import contextlib
 import re
 
+import nats.errors
 from aiohttp import web
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from common import subjects
@@ -18,13 +21,15 @@ from common.manifest import SERVICE_ID_RE
 from gateway import streams
 from gateway.apidoc import documented
 from gateway.errors import InvalidInput
-from gateway.keys import NC
+from gateway.keys import NC, SETTINGS
 from gateway.schemas import ValidationIssue
 from gateway.streams import SSE_PING, Channel, Closed, registered, sse_event, sse_response
 
 routes = web.RouteTableDef()
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_SEQUENCE = re.compile(r"[0-9]{1,19}")
+"""A stream sequence: ASCII digits only (str.isdigit() takes "²", which int() refuses), within uint64."""
 _SVC_PREFIX = f"{subjects.PREFIX}.evt.svc."
 _EVT_PREFIX = f"{subjects.PREFIX}.evt."
 
@@ -50,13 +55,13 @@ def _filter(service: str | None, operation: str | None) -> str:
 
 def _start(last_event_id: str | None, since: str) -> ConsumerConfig:
     """Where to start: after Last-Event-ID if the client sent one, else ``since`` (now | all | <sequence>)."""
-    if last_event_id is not None and last_event_id.strip().isdigit():
+    if last_event_id is not None and _SEQUENCE.fullmatch(last_event_id.strip()):
         since = last_event_id.strip()
     if since == "now":
         return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
     if since == "all":
         return ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    if since.isdigit():
+    if _SEQUENCE.fullmatch(since):
         return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=int(since) + 1)
     raise _invalid("since", "expected now, all, or a stream sequence number")
 
@@ -88,7 +93,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     async def on_msg(msg: Msg) -> None:
         await channel.put((msg.metadata.sequence.stream, msg.subject, msg.data))
 
-    js = request.app[NC].jetstream()
+    js = request.app[NC].jetstream(timeout=request.app[SETTINGS].request_timeout_s)
     sub = await js.subscribe(subject, cb=on_msg, stream=subjects.EVENTS_STREAM, ordered_consumer=True, config=config)
     try:
         with registered(request.app, channel):
@@ -96,8 +101,15 @@ async def events(request: web.Request) -> web.StreamResponse:
             await resp.prepare(request)
             await _pump(resp, channel, service)
     finally:
-        await sub.unsubscribe()
+        await _end(js, sub)
     return resp
+
+
+async def _end(js: JetStreamContext, sub: JetStreamContext.PushSubscription) -> None:
+    """Unsubscribe and delete the consumer now: the server would keep an unwatched one ~5 s longer."""
+    await sub.unsubscribe()
+    with contextlib.suppress(nats.errors.Error):  # gone already, or NATS is down: the server reaps it
+        await js.delete_consumer(subjects.EVENTS_STREAM, (await sub.consumer_info()).name)
 
 
 async def _pump(resp: web.StreamResponse, channel: Channel[Item], service: str | None) -> None:
@@ -114,6 +126,7 @@ async def _pump(resp: web.StreamResponse, channel: Channel[Item], service: str |
                 continue  # ?service= with ?operation=: the subject filter is the operation's
             await resp.write(sse_event(data, event=event_name(subject), id=str(seq)))
     except Closed:
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
     except ConnectionResetError:
         pass

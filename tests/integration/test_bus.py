@@ -10,11 +10,13 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from builder.component import Builder
 from common import bus, subjects
-from common.component import Running
+from common.component import Running, ServiceComponent
 from common.errors import Code, InvalidError, NotFoundError, UnavailableError
+from common.jetstream import KVMirror, kv_bucket
 from common.messages import ComponentInfo, Empty, RemoveVolume
 from common.settings import Settings
 from gateway.app import create_app
@@ -94,3 +96,85 @@ async def test_srv_ping_discovers_workers(workers: Running, nc: NATS) -> None:
             msg = await sub.next_msg(timeout=5)
             names.add(json.loads(msg.data)["name"])
     assert names == {"registry_sync", "scheduler", "builder"}
+
+
+class Slow(ServiceComponent):
+    """A component whose one command waits for the test to let it answer."""
+
+    name = "slow_test"
+    description = "test"
+    entered: asyncio.Event
+    release: asyncio.Event
+
+    def endpoints(self) -> list[bus.Endpoint]:
+        return [bus.endpoint("wait", "test.slow.wait", Echo, self._wait)]
+
+    async def _wait(self, msg: Echo) -> Echo:
+        self.entered.set()
+        await self.release.wait()
+        return Echo(text=msg.text)
+
+
+async def test_stopping_a_component_lets_the_request_being_answered_finish(settings: Settings, nc: NATS) -> None:
+    """Stop = no new requests, the one in progress still gets its reply (it used to be cancelled, unanswered)."""
+    running = Running(settings)
+    await running.start(settings.nats_url or "", [Slow])
+    comp = running.get(Slow)
+    assert isinstance(comp, Slow)
+    comp.entered, comp.release = asyncio.Event(), asyncio.Event()
+    reply = asyncio.create_task(bus.request(nc, "test.slow.wait", Echo(text="done"), Echo, timeout=10))
+    await asyncio.wait_for(comp.entered.wait(), 5)
+    stopping = asyncio.create_task(running.stop())
+    await _no_responders(nc, subjects.info_subject(Slow.name))  # intake stopped
+    comp.release.set()
+    assert await reply == Echo(text="done")
+    await asyncio.wait_for(stopping, 10)
+
+
+async def _no_responders(nc: NATS, subject: str, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                await bus.request(nc, subject, Empty(), ComponentInfo, timeout=0.2)
+            except UnavailableError as exc:
+                if exc.code == Code.BUS_UNAVAILABLE:
+                    return
+
+
+async def test_a_request_that_outlives_the_shutdown_bound_is_cancelled(settings: Settings, nc: NATS) -> None:
+    running = Running(msgspec.structs.replace(settings, shutdown_timeout_s=0.5))
+    await running.start(settings.nats_url or "", [Slow])
+    comp = running.get(Slow)
+    assert isinstance(comp, Slow)
+    comp.entered, comp.release = asyncio.Event(), asyncio.Event()
+    reply = asyncio.create_task(bus.request(nc, "test.slow.wait", Echo(text="never"), Echo, timeout=10))
+    await asyncio.wait_for(comp.entered.wait(), 5)
+    await asyncio.wait_for(running.stop(), 5)
+    with pytest.raises(UnavailableError) as caught:  # told at once, not left to its 10 s timeout
+        await asyncio.wait_for(reply, 5)
+    assert caught.value.code == Code.BUS_UNAVAILABLE and "stopped before answering" in caught.value.message
+
+
+class Facts(msgspec.Struct, frozen=True):
+    n: int
+
+
+async def test_a_failing_listener_does_not_freeze_a_kv_mirror(js: JetStreamContext) -> None:
+    kv = await kv_bucket(js, "mirror_test")
+    await kv.put("a", msgspec.json.encode(Facts(n=1)))
+    mirror = KVMirror(kv, Facts)
+    await mirror.start()
+    try:
+        assert mirror.values == {"a": Facts(n=1)}
+
+        def broken(_key: str, _value: Facts | None) -> None:
+            raise RuntimeError("listener bug")
+
+        mirror.listeners.append(broken)
+        await kv.put("b", msgspec.json.encode(Facts(n=2)))
+        await kv.put("c", b"not json")
+        await kv.put("d", msgspec.json.encode(Facts(n=4)))
+        await mirror.wait_for(lambda values: "d" in values, timeout=5)
+        assert mirror.values == {"a": Facts(n=1), "b": Facts(n=2), "d": Facts(n=4)}
+    finally:
+        await mirror.stop()

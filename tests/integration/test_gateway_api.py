@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 import msgspec
 import nats
 import pytest
@@ -27,11 +28,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from common import subjects
+from common.embedded_nats import EmbeddedNats
 from common.messages import EventType, OperationEvent, ServiceState
 from common.settings import Settings
 from gateway import streams
 from gateway.app import create_app
 from gateway.keys import LISTING, VIEW
+from gateway.routes import events as events_routes
 from gateway.service_json import proxy_base_url, service_json
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
@@ -430,6 +433,89 @@ async def test_shutdown_ends_open_streams(settings: Settings, nc: NATS, js: JetS
             resp.release()
         finally:
             await client.close()
+
+
+async def test_event_sequences_are_ascii_digits(api: Client) -> None:
+    """ "²" passes str.isdigit() but not int(): a 422 (or, for Last-Event-ID, ignored), never a 500."""
+    async with api.get("/v1/events?since=%C2%B2") as resp:
+        assert resp.status == 422
+    async with api.get("/v1/events?since=99999999999999999999999") as resp:
+        assert resp.status == 422
+    async with api.get("/v1/events", headers={"Last-Event-ID": "\u00b2".encode().decode("latin-1")}) as resp:
+        assert resp.status == 200  # not a sequence: the stream starts at ?since= (now)
+
+
+async def test_event_stream_deletes_its_consumer_when_the_client_leaves(
+    api: Client, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "PING_INTERVAL_S", 0.05)  # the handler notices the client left at its next ping
+
+    async def consumers() -> int:
+        return (await js.stream_info(subjects.EVENTS_STREAM)).state.consumer_count
+
+    async with api.get("/v1/events") as resp:
+        assert await resp.content.readuntil(b"\n\n") == b": ping\n\n"
+        assert await consumers() == 1
+
+    async def none_left() -> bool:
+        return await consumers() == 0
+
+    # Well before the ~5 s after which the server reaps an unwatched ephemeral consumer by itself.
+    await wait_until(none_left, deadline_s=2.5, interval=0.05, what="the stream's consumer deleted")
+
+
+async def test_bus_down_is_503_not_500(
+    settings: Settings, nc: NATS, js: JetStreamContext, nats_server: EmbeddedNats
+) -> None:
+    """A JetStream call (here: creating the events consumer) while NATS is away answers premd's 503."""
+    quick = msgspec.structs.replace(settings, request_timeout_s=0.5)
+    async with gateway(quick, nc) as client:
+        await nats_server.stop()
+        try:
+            async with client.get("/v1/events") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["detail"]["code"] == "bus.timeout"
+        finally:
+            await nats_server.start()
+
+            async def reconnected() -> bool:
+                return nc.is_connected
+
+            await wait_until(reconnected, deadline_s=DEADLINE_S, interval=0.05, what="the test's client reconnected")
+
+
+async def test_failure_mid_stream_cuts_the_stream_short(
+    api: Client, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug after a stream started must not write a second status line into its body: the connection ends."""
+
+    def broken(subject: str) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(events_routes, "event_name", broken)
+    sid = new_id()
+    async with api.get(f"/v1/events?service={sid}") as resp:
+        assert resp.status == 200
+        await publish_event(js, sid, "op1", "accepted")
+        body = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with asyncio.timeout(DEADLINE_S):
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+    assert b"HTTP/1.1" not in body and b"Internal Server Error" not in body
+
+
+async def test_body_past_the_limit_is_413(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
+    small = msgspec.structs.replace(settings, max_body_bytes=1024)
+    async with gateway(small, nc) as client:
+        async with client.post(
+            "/v1/registries/", data=b" " * 2048, headers={"Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 413
+            assert (await resp.json())["detail"] == {
+                "message": "body larger than 1024 bytes",
+                "code": "request.too_large",
+            }
 
 
 # ---------------------------------------------------------------- with Docker: download, run, stop, remove

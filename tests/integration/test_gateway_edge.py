@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -17,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from yarl import URL
 
 from common import subjects
 from common.jetstream import kv_bucket
@@ -334,11 +336,32 @@ async def test_token_required_everywhere_but_health(
             assert resp.status == 200
             echo = await resp.json()
         assert echo["query"] == {"keep": "1"}  # premd's token is not passed on to the service
+        async with client.get(  # the same parameter, percent-encoded: the check decodes it, so must the filter
+            URL(f"/proxy/{sid}/echo?access%5Ftoken={token}&keep=1", encoded=True),
+            headers={"Accept": "text/event-stream"},
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["query"] == {"keep": "1"}
+        # Header bytes that are not UTF-8 are a wrong token (401), not a crash (500).
+        assert await _raw_status(client, b"Authorization: Bearer \xff\xfe") == 401
         async with client.get(f"/proxy/{sid}/echo", headers={"Authorization": f"Bearer {token}"}) as resp:
             assert "authorization" not in {k.lower() for k in (await resp.json())["headers"]}
         # With a token, any Host is fine (rebinding cannot guess the token).
         async with client.get("/v1/models", headers={"Host": "premd.lan", "Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 200
+
+
+async def _raw_status(client: Client, header: bytes) -> int:
+    """The status of ``GET /v1/models`` sent with ``header`` as raw bytes (aiohttp's client only sends text)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1])
 
 
 def test_premd_refuses_to_listen_on_all_interfaces_without_token(tmp_path: Path) -> None:

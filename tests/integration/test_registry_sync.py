@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,6 +73,9 @@ class RegistryServer:
         self.modes: dict[str, Mode] = {}
         self.log: list[tuple[str, int]] = []
         self.base = ""
+        self.hold: asyncio.Event | None = None
+        """When set: the next request takes the document as it is now, then waits for this event to answer."""
+        self.holding = asyncio.Event()
 
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -86,6 +90,10 @@ class RegistryServer:
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         response = self._answer(name, request.headers.get("If-None-Match"))
+        if (hold := self.hold) is not None:
+            self.hold = None
+            self.holding.set()
+            await hold.wait()
         self.log.append((name, response.status))
         return response
 
@@ -434,3 +442,68 @@ async def test_command_errors_carry_stable_codes(
         gone = RemoveCustomService(id="vicuna-7b-q4")
         assert (await code_of(subjects.CUSTOM_SERVICE_REMOVE, gone))[0] == Code.SERVICE_NOT_FOUND
         assert (await catalog(js))[0].order == main_ids()
+
+
+async def test_a_malformed_url_fails_alone_and_the_other_registries_refresh(
+    settings: Settings, nc: NATS, js: JetStreamContext, registry_server: RegistryServer
+) -> None:
+    """A URL that cannot even be parsed (from PREM_REGISTRY_URL or the bus) is that registry's error only."""
+    good = registry_server.serve(MOCK, data(MOCK))
+    bad_host, nul_path = "http://[::1/manifests.json", "file:///tmp/a%00b.json"
+    async with running(with_urls(settings, bad_host, good, nul_path), settings.nats_url or ""):
+        await wait_for(lambda: checked(nc))
+        status = {r.url: r for r in await registries(nc)}
+        assert (status[good].status, status[good].count) == ("ok", 8)
+        for url in (bad_host, nul_path):
+            assert status[url].status == "error" and "invalid URL" in (status[url].error or "")
+        assert (await catalog(js))[0].order == [m["id"] for m in json.loads(data(MOCK))]
+        with pytest.raises(AppError) as caught:
+            await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url="https://[::1"), RegistryStatus, TIMEOUT)
+        assert caught.value.code == Code.REGISTRY_FETCH_FAILED and "invalid URL" in caught.value.message
+
+
+async def test_a_file_registry_that_is_not_a_regular_file_is_refused_at_once(
+    settings: Settings, nc: NATS, tmp_path: Path
+) -> None:
+    """A FIFO would block the worker thread reading it forever (past the fetch deadline): it is refused."""
+    fifo = tmp_path / "registry.fifo"
+    os.mkfifo(fifo)
+    try:
+        async with running(with_urls(settings, registry_fetch_timeout_s=2.0), settings.nats_url or ""):
+            with pytest.raises(AppError) as caught:
+                await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=fifo.as_uri()), RegistryStatus, TIMEOUT)
+            assert caught.value.code == Code.REGISTRY_FETCH_FAILED
+            assert caught.value.message == f"{fifo.as_uri()}: {fifo} is not a regular file"
+    finally:
+        with contextlib.suppress(OSError):  # unblock a reader stuck in open() (without the fix)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_a_slow_stale_fetch_does_not_undo_a_newer_one(
+    settings: Settings, nc: NATS, js: JetStreamContext, registry_server: RegistryServer
+) -> None:
+    """The periodic refresh gets the old document, slowly; a refresh on demand gets the new one first."""
+    old = json.loads(data(MOCK))
+    url = registry_server.serve(MOCK, json.dumps(old).encode())
+    release = asyncio.Event()
+    registry_server.hold = release
+    round_done = asyncio.Event()
+
+    class OneRound(RegistrySync):
+        async def _refresh_forever(self) -> None:
+            await self.syncer.refresh()
+            round_done.set()
+
+    try:
+        async with running(with_urls(settings, url), settings.nats_url or "", OneRound):
+            await asyncio.wait_for(registry_server.holding.wait(), TIMEOUT)
+            registry_server.documents[MOCK] = json.dumps(old[:7]).encode()
+            result = await bus.request(nc, subjects.REGISTRY_REFRESH, RefreshRegistries(), RefreshResult, TIMEOUT)
+            assert result.added == [m["id"] for m in old[:7]] and result.registries[0].count == 7
+            release.set()
+            await asyncio.wait_for(round_done.wait(), TIMEOUT)
+            (status,) = await registries(nc)
+            assert status.count == 7
+            assert (await catalog(js))[0].order == [m["id"] for m in old[:7]]
+    finally:
+        release.set()

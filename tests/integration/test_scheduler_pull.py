@@ -101,3 +101,25 @@ async def test_pull_of_a_missing_tag_ends_with_an_error_event(
         state = await observed(js, sid)
         assert state is not None and not state.downloaded and state.phase == "stopped"
         await events.close()
+
+
+async def test_pull_whose_state_refresh_fails_still_ends_and_leaves_the_pulling_phase(
+    nc: NATS, js: JetStreamContext, settings: Settings, remote_image: str
+) -> None:
+    sid = new_service_id()
+    await put_catalog(js, ref_manifest(sid, remote_image))
+    async with running_scheduler(settings) as scheduler:
+        await wait_observed(js, sid, lambda s: s.service_id == sid)
+
+        async def broken() -> None:
+            raise RuntimeError("KV write failed")
+
+        scheduler.reconciler.refresh_downloads = broken  # type: ignore[method-assign]
+        events = await Events.of_service(js, sid)
+        accepted = await _pull(nc, sid)
+        final = await events.final(accepted.operation_id, timeout=60)
+        assert final.type == "failed" and final.error_code == "internal"  # not "Download complete": KV may lag
+        assert sid not in scheduler.ops.pulling
+        state = await observed(js, sid)
+        assert state is not None and state.phase == "stopped"
+        await events.close()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -115,3 +116,18 @@ async def test_bad_settings_stop_start_up_with_one_line(tmp_path: Path, extra: d
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2
     assert len(lines) == 1 and variable in lines[0], lines
+
+
+async def test_a_taken_nats_port_is_reported_in_one_line(tmp_path: Path) -> None:
+    """The embedded nats-server's own reason (and what to do) reaches the user, not "did not become ready"."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env(tmp_path, PREMD_NATS_PORT=str(port), PREMD_LOG_LEVEL="ERROR")
+        proc = await asyncio.create_subprocess_exec(PREMD, "serve", env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1 and lines[0].startswith(f"premd: nats-server could not start on 127.0.0.1:{port}"), lines
+    assert "PREMD_NATS_PORT" in lines[0] and "address already in use" in lines[0]

@@ -11,7 +11,14 @@ import pytest
 
 from common.manifest import Manifest
 from common.messages import CatalogEntry
-from registry_sync.validate import CUSTOM_REQUIRED, DocumentError, EntryError, check_entry, parse_document
+from registry_sync.validate import (
+    CUSTOM_REQUIRED,
+    MAX_REPORTED_SKIPS,
+    DocumentError,
+    EntryError,
+    check_entry,
+    parse_document,
+)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -142,3 +149,10 @@ def test_an_entry_survives_a_round_trip_through_the_wire() -> None:
         again = msgspec.json.decode(msgspec.json.encode(entry), type=CatalogEntry)
         assert again == entry
         assert msgspec.json.decode(msgspec.json.encode(entry.manifest), type=Manifest) == entry.manifest
+
+
+def test_a_garbage_document_reports_the_first_skips_and_counts_the_rest() -> None:
+    """A huge array of junk must not turn into a huge report (it is published in the catalog's meta)."""
+    parsed = parse_document(b"[" + b",".join([b"0"] * 5000) + b"]", "http://r")
+    assert parsed.entries == [] and parsed.skipped_total == 5000
+    assert len(parsed.skipped) == MAX_REPORTED_SKIPS and parsed.skipped[-1].index == MAX_REPORTED_SKIPS - 1

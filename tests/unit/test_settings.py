@@ -43,6 +43,8 @@ def test_values_are_parsed() -> None:
         ({"PREMD_PROT": "1"}, "PREMD_PROT", "unknown setting"),
         ({"PREMD_RESTART_POLICY": "sometimes"}, "PREMD_RESTART_POLICY", "unknown policy"),
         ({"PREMD_HOST": "0.0.0.0"}, "PREMD_HOST", "PREMD_API_TOKEN"),
+        ({"PREMD_CORS_ORIGINS": "http://localhost:*,*"}, "PREMD_CORS_ORIGINS", "PREMD_API_TOKEN"),
+        ({"PREMD_LOG_LEVEL": "verbose"}, "PREMD_LOG_LEVEL", "unknown level 'verbose'"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str, fragment: str) -> None:
@@ -57,3 +59,9 @@ def test_exposed_host_needs_a_token() -> None:
     s = Settings.from_env({"PREMD_HOST": "0.0.0.0", "PREMD_API_TOKEN": "secret"})
     assert s.is_exposed() and s.api_token == "secret"
     assert not Settings.from_env({"PREMD_HOST": "::1"}).is_exposed()
+
+
+def test_numbers_and_flags_tolerate_surrounding_whitespace() -> None:
+    """Values from env files often keep a trailing space or newline; strings (tokens, URLs) are kept as given."""
+    s = Settings.from_env({"PREMD_PORT": " 8080\n", "PREMD_AUTOSTART": "true ", "PREMD_LOG_LEVEL": "debug"})
+    assert (s.port, s.autostart, s.log_level) == (8080, True, "debug")
