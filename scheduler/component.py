@@ -77,6 +77,7 @@ class Scheduler(ServiceComponent):
         self._docker_root = DEFAULT_DOCKER_ROOT
         self._docker_ok = False
         self._cpu = CpuSampler()
+        self._facts_lock = asyncio.Lock()
         self._cpu_percent = 0.0
         self._loops = TaskOwner()
         self._work = TaskOwner()
@@ -143,6 +144,12 @@ class Scheduler(ServiceComponent):
 
     async def refresh_facts(self) -> None:
         """GPUs, memory and Docker's disk, into KV_HOST (and memory, for the fit checks)."""
+        # The facts loop, pulls and image removals all refresh: one at a time, so an older reading
+        # never overwrites a newer one.
+        async with self._facts_lock:
+            await self._refresh_facts()
+
+    async def _refresh_facts(self) -> None:
         try:
             self._docker_root = await self.driver.root_dir()
             self._docker_ok = True
@@ -212,7 +219,10 @@ class Scheduler(ServiceComponent):
             ours = labels.get(LABEL_INSTANCE) == self.instance
             legacy = LABEL_MANAGED not in labels and PREMD_VOLUME_RE.match(name)  # made by premd (Python)
             if ours or legacy:
-                volumes += await self.driver.remove_volume(name)
+                try:
+                    volumes += await self.driver.remove_volume(name)
+                except ConflictError:  # taken into use since the listing: it is not unused any more
+                    continue
         await self._images_changed()
         self.reconciler.kick()
         reclaimed = (space + image_space) / 1e6

@@ -52,13 +52,12 @@ _DOCKER_LAYER_DONE = "Download complete"
 """A layer's Docker status; Prem App would take it for the end of the whole pull."""
 
 
-class PullOutcome(Exception):
-    """The pull ended without success: ``message`` says why."""
+class PullOutcome(OperationFailed):
+    """The pull ended without success: ``message`` says why; ``status`` is the HTTP status it maps to."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+    def __init__(self, message: str, code: str | None = None, status: int = 400) -> None:
+        super().__init__(message, code)
+        self.status = status
 
 
 @asynccontextmanager
@@ -93,7 +92,7 @@ async def _progress(
     except OperationFailed as exc:
         raise PullOutcome(exc.message, exc.code) from None
     except Closed:
-        raise PullOutcome(SHUTTING_DOWN) from None
+        raise PullOutcome(SHUTTING_DOWN, status=503) from None
 
 
 @routes.get("/v1/download-service/{service_id}")
@@ -108,7 +107,7 @@ async def download(request: web.Request) -> web.Response:
             async for _ in progress:
                 pass
         except PullOutcome as exc:
-            raise ApiError(PULL_FAILED + exc.message, 503 if exc.message == SHUTTING_DOWN else 400, exc.code) from None
+            raise ApiError(PULL_FAILED + exc.message, exc.status, exc.code) from None
     return json_response(SuccessResponse(message="Download image successfully."))
 
 
