@@ -56,6 +56,8 @@ class Pulls:
             if sid not in running.service_ids:
                 running.service_ids.append(sid)
                 self._ops.pulling.add(sid)
+                if ref in self._by_ref:  # still in flight: the joiner shows "pulling" too
+                    await self.d.observed.update(sid, _phase(sid, pulling=True))
             return OperationAccepted(operation_id=running.id, service_id=sid, kind="pull", joined=True)
         state = self.d.observed.state(sid)
         facts = self.d.facts()
@@ -72,17 +74,6 @@ class Pulls:
             await self.d.events.publish(pull.id, sid, "pull", type_, **fields)
 
     async def _set_pulling(self, pull: _Pull, pulling: bool) -> None:
-        def apply(sid: str) -> Callable[[ServiceState | None], ServiceState]:
-            def fn(current: ServiceState | None) -> ServiceState:
-                base = current or ServiceState(service_id=sid)
-                if pulling and base.phase in ("stopped", "failed"):
-                    return msgspec.structs.replace(base, phase="pulling", updated_at=time.time())
-                if not pulling and base.phase == "pulling":
-                    return msgspec.structs.replace(base, phase="stopped", updated_at=time.time())
-                return base
-
-            return fn
-
         sids = list(pull.service_ids)
         # In memory first: should a KV write fail, reconcile still sees no pull in flight and resets the phase.
         if pulling:
@@ -90,7 +81,7 @@ class Pulls:
         else:
             self._ops.pulling.difference_update(sids)
         for sid in sids:
-            await self.d.observed.update(sid, apply(sid))
+            await self.d.observed.update(sid, _phase(sid, pulling))
 
     async def _run(self, pull: _Pull) -> None:
         """The pull's task: it always ends with one ``succeeded`` or ``failed`` event, whatever broke."""
@@ -137,3 +128,17 @@ class Pulls:
                     rate_bps=snap.rate_bps,
                     layers=snap.layers,
                 )
+
+
+def _phase(sid: str, pulling: bool) -> Callable[[ServiceState | None], ServiceState]:
+    """The observed-state transition into (or out of) the "pulling" phase; other phases are left alone."""
+
+    def fn(current: ServiceState | None) -> ServiceState:
+        base = current or ServiceState(service_id=sid)
+        if pulling and base.phase in ("stopped", "failed"):
+            return msgspec.structs.replace(base, phase="pulling", updated_at=time.time())
+        if not pulling and base.phase == "pulling":
+            return msgspec.structs.replace(base, phase="stopped", updated_at=time.time())
+        return base
+
+    return fn

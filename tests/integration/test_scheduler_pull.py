@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 
 import aiodocker
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from common import bus, subjects
-from common.messages import OperationAccepted, PullImage
+from common.messages import OperationAccepted, PullImage, ServiceState
 from common.settings import Settings
 from tests.support.scheduler_bed import (
     Events,
@@ -62,12 +64,26 @@ async def test_pull_reports_monotonic_progress_then_success(
         state = await wait_observed(js, sid, lambda s: s.service_id == sid)
         assert not state.downloaded
         events = await Events.of_service(js, sid)
+        kv = await js.key_value(subjects.KV_OBSERVED)
+        phases: list[str] = []
+        watcher = await kv.watch(other)
+
+        async def record() -> None:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    phases.append(msgspec.json.decode(entry.value, type=ServiceState).phase)
+
+        recorder = asyncio.create_task(record())
         first = await _pull(nc, sid)
         second = await _pull(nc, sid)  # a second client joins the same pull
         third = await _pull(nc, other)  # another service with the same image too
         assert second.joined and second.operation_id == first.operation_id
         assert third.joined and third.operation_id == first.operation_id
         final = await events.final(first.operation_id, timeout=60)
+        await wait_observed(js, other, lambda s: s.downloaded)
+        await watcher.stop()  # type: ignore[no-untyped-call]
+        recorder.cancel()
+        assert "pulling" in phases, phases  # the service that joined showed the pull too
         after = await observed(js, sid)  # downloaded is in KV before the event announcing it
         assert after is not None and after.downloaded and after.downloaded_image == remote_image
         assert not after.needs_update and after.phase == "stopped"
