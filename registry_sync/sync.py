@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
@@ -132,11 +133,13 @@ class RegistrySyncer:
         started = [registry.begin_check() for registry in targets]
         outcomes = await asyncio.gather(*(check(self.fetcher, registry.url, registry) for registry in targets))
         async with self._lock:
-            for registry, seq, outcome in zip(targets, started, outcomes, strict=True):
+            saves = [
+                self._apply(registry, outcome)
+                for registry, seq, outcome in zip(targets, started, outcomes, strict=True)
                 # Skipped: removed (or removed and added again) meanwhile, or a check started later was applied.
-                if self.registries.get(registry.url) is registry and registry.is_current(seq):
-                    await self._apply(registry, outcome)
-            event = await self._publish()
+                if self.registries.get(registry.url) is registry and registry.is_current(seq)
+            ]
+            event = await self._publish_and_save(saves)
         return RefreshResult(
             generation=self.publisher.generation,
             registries=self.statuses(),
@@ -160,8 +163,7 @@ class RegistrySyncer:
             urls = await self.store.add_registry(url)
             registry = Registry(url)
             self.registries = {u: self.registries.get(u) or (registry if u == url else Registry(u)) for u in urls}
-            await self._apply(registry, outcome)
-            await self._publish()
+            await self._publish_and_save([self._apply(registry, outcome)])
         return registry.to_status()
 
     async def remove_registry(self, url: str) -> None:
@@ -204,12 +206,21 @@ class RegistrySyncer:
 
     # ---------------------------------------------------------------- internals (under the lock)
 
-    async def _apply(self, registry: Registry, outcome: Outcome) -> None:
+    def _apply(self, registry: Registry, outcome: Outcome) -> Awaitable[None] | None:
+        """Take a fetch's outcome in memory; returns the saving of the registry's content, if any, to await."""
         if isinstance(outcome, Failed):
             logger.warning("registry %s: %s (keeping its last good content)", registry.url, outcome.error)
         info = registry.apply(outcome, time.time())
-        if info is not None:
-            await self.store.save_content(info, outcome.body if isinstance(outcome, Fresh) else None)
+        if info is None:
+            return None
+        return self.store.save_content(info, outcome.body if isinstance(outcome, Fresh) else None)
+
+    async def _publish_and_save(self, saves: Sequence[Awaitable[None] | None]) -> CatalogChanged | None:
+        """Publish the catalog while the fetched documents are saved: the two are independent (a crash in
+        between only means the next start fetches again), and for a large registry both take a while."""
+        results = await asyncio.gather(self._publish(), *(save for save in saves if save is not None))
+        event: CatalogChanged | None = results[0]
+        return event
 
     async def _publish(self) -> CatalogChanged | None:
         merged = merge([r.entries for r in self.registries.values()], self.custom)
