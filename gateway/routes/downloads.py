@@ -14,12 +14,13 @@ from contextlib import aclosing, asynccontextmanager
 import msgspec
 from aiohttp import web
 
-from common import subjects
-from common.messages import OperationAccepted, OperationEvent, PullImage
+from common import bus, subjects
+from common.errors import Code, UnavailableError
+from common.messages import ComponentInfo, Empty, OperationAccepted, OperationEvent, PullImage
 from gateway import streams
 from gateway.apidoc import documented
 from gateway.errors import ApiError, json_response
-from gateway.keys import VIEW
+from gateway.keys import NC, SETTINGS, VIEW
 from gateway.operations import (
     SERVICE_NOT_FOUND,
     OperationFailed,
@@ -78,10 +79,12 @@ async def _progress(
 ) -> AsyncGenerator[OperationEvent | None]:
     """Progress events until the pull succeeded and the view shows it; raises PullOutcome otherwise."""
     try:
+        scheduler = await _scheduler_started_at(request)
         while operation_id is not None:
             try:
                 item = await next_update(updates, operation_id, streams.PING_INTERVAL_S)
             except TimeoutError:
+                await _check_scheduler(request, scheduler)  # a quiet pull must still have someone pulling
                 yield None
                 continue
             if isinstance(item, OperationEvent) and item.type == "succeeded":
@@ -93,6 +96,25 @@ async def _progress(
         raise PullOutcome(exc.message, exc.code) from None
     except Closed:
         raise PullOutcome(SHUTTING_DOWN, status=503) from None
+
+
+async def _scheduler_started_at(request: web.Request) -> float | None:
+    """When the scheduler answering commands started; None when none answers."""
+    nc, timeout = request.app[NC], request.app[SETTINGS].request_timeout_s
+    try:
+        info = await bus.request(nc, subjects.info_subject(subjects.SCHEDULER), Empty(), ComponentInfo, timeout)
+    except UnavailableError:
+        return None
+    return info.started_at
+
+
+async def _check_scheduler(request: web.Request, started_at: float | None) -> None:
+    """Raise when the pull's scheduler is gone: no events would ever come, and Prem App would wait forever."""
+    now = await _scheduler_started_at(request)
+    if now is None:
+        raise OperationFailed("the scheduler does not answer: the download stopped", Code.BUS_UNAVAILABLE)
+    if started_at is not None and now != started_at:
+        raise OperationFailed("the scheduler restarted: the download stopped; start it again", Code.PULL_FAILED)
 
 
 @routes.get("/v1/download-service/{service_id}")

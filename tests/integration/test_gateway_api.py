@@ -38,7 +38,7 @@ from gateway.routes import events as events_routes
 from gateway.service_json import proxy_base_url, service_json
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
-from tests.support.scheduler_bed import put_catalog, ref_manifest
+from tests.support.scheduler_bed import SchedulerProcess, put_catalog, ref_manifest, wait_observed
 from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.sse import SseEvent, iter_sse
@@ -713,3 +713,56 @@ async def test_download_events_are_on_the_event_stream(full_api: Client, pushed:
                     break
     assert seen[0].event == "accepted" and seen[-1].event == "succeeded"
     assert {json.loads(event.data)["service_id"] for event in seen} == {service_id}
+
+
+@asynccontextmanager
+async def hanging_registry() -> AsyncIterator[str]:
+    """An OCI registry that answers ``/v2/`` and then never answers: a pull that stays quiet."""
+    release = asyncio.Event()
+
+    async def base(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def hang(_: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/v2/", base)
+    app.router.add_route("*", "/v2/{tail:.*}", hang)
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+@pytest.mark.docker
+async def test_download_ends_with_an_error_when_the_scheduler_dies(
+    settings: Settings, nc: NATS, js: JetStreamContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quiet pull is checked at every ping: a dead scheduler ends the stream (Prem App is not left waiting)."""
+    monkeypatch.setattr(streams, "PING_INTERVAL_S", 0.2)
+    service_id = new_id("gw-dead")
+    scheduler = SchedulerProcess(settings.nats_url or "", tmp_path / "scheduler.log")
+    async with hanging_registry() as host, gateway(settings, nc) as api:
+        await put_catalog(js, ref_manifest(service_id, f"{host}/premd-test/hang:1"))
+        await wait_listed(api, service_id)
+        await scheduler.start(nc)
+        try:
+            async with api.get(f"/v1/download-service-stream-sse/{service_id}") as resp:
+                assert resp.status == 200
+                await wait_observed(js, service_id, lambda s: s.phase == "pulling")
+                await scheduler.kill()
+                async with asyncio.timeout(DEADLINE_S):
+                    body = await resp.read()  # the stream must end by itself
+        finally:
+            await scheduler.kill()
+    payloads = [json.loads(frame.split(b"\r\n")[0][len(b"data: ") :]) for frame in body.split(b"\r\n\r\n") if frame]
+    payloads = [p for p in payloads if isinstance(p, dict)]
+    assert payloads[-1]["status"] == "Error" and "scheduler" in payloads[-1]["error"], payloads
+    assert all(p["status"] != "Download complete" for p in payloads)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from common.settings import Settings
 from scheduler.reconcile import CRASHLOOP_AFTER
 from tests.support.scheduler_bed import (
     Events,
+    SchedulerProcess,
     cleanup_service,
     containers_of,
     exec_output,
@@ -35,36 +33,6 @@ from tests.testbed.containers import ContainerFactory
 from tests.testbed.util import free_port, wait_until
 
 pytestmark = pytest.mark.docker
-
-
-class SchedulerProcess:
-    """``python -m scheduler`` against the test's NATS, as premd runs it."""
-
-    def __init__(self, nats_url: str, log: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
-        self.env.update(PREMD_NATS_URL=nats_url, PREMD_RECONCILE_INTERVAL_S="2", PREMD_LOG_LEVEL="INFO")
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, nc: NATS) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scheduler", env=self.env, stdout=out, stderr=out
-            )
-        async with asyncio.timeout(30):  # serving once its info endpoint answers
-            while True:
-                assert self.proc.returncode is None, self.log.read_text()[-3000:]
-                try:
-                    await nc.request(subjects.info_subject(subjects.SCHEDULER), b"{}", timeout=0.5)
-                    return
-                except Exception:  # no responders yet
-                    await asyncio.sleep(0.1)
-
-    async def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            async with asyncio.timeout(30):
-                await self.proc.wait()
 
 
 @pytest.fixture

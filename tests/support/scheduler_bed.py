@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiodocker
 import msgspec
 import nats
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
@@ -172,3 +177,33 @@ async def exec_output(docker: aiodocker.Docker, container_id: str, *cmd: str) ->
         while (msg := await stream.read_out()) is not None:
             chunks.append(msg.data)
     return b"".join(chunks).decode()
+
+
+class SchedulerProcess:
+    """``python -m scheduler`` against the test's NATS, as premd runs it."""
+
+    def __init__(self, nats_url: str, log: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
+        self.env.update(PREMD_NATS_URL=nats_url, PREMD_RECONCILE_INTERVAL_S="2", PREMD_LOG_LEVEL="INFO")
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, nc: NATS) -> None:
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scheduler", env=self.env, stdout=out, stderr=out
+            )
+        async with asyncio.timeout(30):  # serving once its info endpoint answers
+            while True:
+                assert self.proc.returncode is None, self.log.read_text()[-3000:]
+                try:
+                    await nc.request(subjects.info_subject(subjects.SCHEDULER), b"{}", timeout=0.5)
+                    return
+                except Exception:  # no responders yet
+                    await asyncio.sleep(0.1)
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            async with asyncio.timeout(30):
+                await self.proc.wait()
