@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -102,3 +103,7 @@ async def seen(client: Client, service_id: str, phase: ServicePhase | None = Non
     await view.observed.wait_for(ok, timeout=DEADLINE_S)
     if view.catalog.get(service_id) is None:
         await view.catalog.entries_mirror.wait_for(lambda v: subjects.catalog_key(service_id) in v, DEADLINE_S)
+
+
+def new_sid() -> str:
+    return f"svc-{uuid.uuid4().hex[:8]}"

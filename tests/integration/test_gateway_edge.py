@@ -7,7 +7,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from common.jetstream import kv_bucket
 from common.messages import ServiceState
 from common.settings import Settings
 from gateway.keys import VIEW
-from tests.integration.edge_support import Client, gateway, put_service, ref_service, seen
+from tests.integration.edge_support import Client, gateway, new_sid, put_service, seen
 from tests.testbed.containers import ContainerFactory
 from tests.testbed.sse import iter_sse
 from tests.testbed.util import free_port, wait_until
@@ -34,26 +33,6 @@ APP_ORIGIN = "http://localhost:3000"
 EVIL_ORIGIN = "https://evil.example"
 TOKEN_DELAY_S = 0.25
 TOKENS = 5
-
-
-def _sid() -> str:
-    return f"svc-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def ref_port() -> AsyncIterator[int]:
-    async with ref_service() as port:
-        yield port
-
-
-@pytest.fixture
-async def edge(settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int) -> AsyncIterator[tuple[Client, str]]:
-    """The gateway plus one ready service (the reference service) it can reach."""
-    sid = _sid()
-    async with gateway(settings, nc) as client:
-        await put_service(js, sid, host_port=ref_port)
-        await seen(client, sid, "ready")
-        yield client, sid
 
 
 def _chat(stream: bool, **extra: object) -> dict[str, object]:
@@ -151,7 +130,7 @@ async def test_proxy_streams_large_bodies_both_ways(edge: tuple[Client, str]) ->
 async def test_proxy_states_unknown_starting_stopped_unreachable(
     settings: Settings, nc: NATS, js: JetStreamContext
 ) -> None:
-    starting, failed, stopped, down = _sid(), _sid(), _sid(), _sid()
+    starting, failed, stopped, down = new_sid(), new_sid(), new_sid(), new_sid()
     async with gateway(settings, nc) as client:
         await put_service(js, starting, phase="starting")
         await put_service(js, failed, phase="failed", last_error="exited with code 3")
@@ -198,7 +177,7 @@ async def test_proxy_bridges_websockets(settings: Settings, nc: NATS, js: JetStr
     upstream.router.add_get("/ws", ws_echo)
     server = TestServer(upstream, host="127.0.0.1")
     await server.start_server()
-    sid = _sid()
+    sid = new_sid()
     try:
         async with gateway(settings, nc) as client:
             await put_service(js, sid, host_port=server.port)
@@ -306,7 +285,7 @@ async def test_token_required_everywhere_but_health(
     settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int
 ) -> None:
     token = "s3cret-token"
-    sid = _sid()
+    sid = new_sid()
     secured = msgspec.structs.replace(settings, api_token=token)
     async with gateway(secured, nc) as client:
         await put_service(js, sid, host_port=ref_port)
@@ -384,7 +363,7 @@ async def test_done_when_on_a_real_service_container(
 ) -> None:
     container = await make_container(ref_image, env={"REF_TOKEN_DELAY_S": str(TOKEN_DELAY_S)})
     await container.wait_http("/v1/", deadline_s=30)
-    sid = _sid()
+    sid = new_sid()
     async with gateway(settings, nc) as client:
         await put_service(js, sid, host_port=container.ports[8000])
         await seen(client, sid, "ready")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
-import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,29 +15,9 @@ from common import subjects
 from common.jetstream import kv_bucket
 from common.messages import OperationAccepted, OperationEvent, ServiceState, StartService
 from common.settings import Settings
-from tests.integration.edge_support import Client, gateway, put_service, ref_service, seen
+from tests.integration.edge_support import Client, gateway, new_sid, put_service, seen
 from tests.testbed.sse import iter_sse
 from tests.testbed.util import wait_until
-
-
-def _sid() -> str:
-    return f"svc-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def ref_port() -> AsyncIterator[int]:
-    async with ref_service() as port:
-        yield port
-
-
-@pytest.fixture
-async def edge(settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int) -> AsyncIterator[tuple[Client, str]]:
-    sid = _sid()
-    async with gateway(settings, nc) as client:
-        await put_service(js, sid, host_port=ref_port)
-        await seen(client, sid, "ready")
-        yield client, sid
-
 
 # ---------------------------------------------------------------- OpenAI routes
 
@@ -105,7 +82,7 @@ async def test_openai_errors(edge: tuple[Client, str], settings: Settings, nc: N
 
 async def test_models_lists_ready_services(edge: tuple[Client, str], js: JetStreamContext) -> None:
     client, sid = edge
-    stopped = _sid()
+    stopped = new_sid()
     await put_service(js, stopped, phase="stopped")
     await seen(client, stopped)
     async with client.get("/v1/models") as resp:
@@ -122,7 +99,7 @@ async def test_models_lists_ready_services(edge: tuple[Client, str], js: JetStre
 async def test_autostart_starts_the_service_and_holds_the_request(
     settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int
 ) -> None:
-    sid = _sid()
+    sid = new_sid()
     observed = await kv_bucket(js, subjects.KV_OBSERVED)
     starts: list[StartService] = []
 
@@ -154,7 +131,7 @@ async def test_autostart_starts_the_service_and_holds_the_request(
         await sub.unsubscribe()
 
     # Without autostart the same request is refused with the reason.
-    other = _sid()
+    other = new_sid()
     async with gateway(settings, nc) as client:
         await put_service(js, other, phase="stopped")
         await seen(client, other, "stopped")
@@ -163,7 +140,7 @@ async def test_autostart_starts_the_service_and_holds_the_request(
 
 
 async def test_autostart_wait_is_bounded(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
-    sid = _sid()
+    sid = new_sid()
 
     async def slow_scheduler(msg: Msg) -> None:  # accepts, never gets ready
         await msg.respond(msgspec.json.encode(OperationAccepted(operation_id="op-2", service_id=sid, kind="start")))
