@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from tests.testbed.oci_registry import OciRegistry
-from tests.testbed.sse import iter_sse
-from tests.testbed.util import free_port
+from tests.testbed.sse import SseEvent, iter_sse
+from tests.testbed.util import StopWaiting, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -33,16 +33,16 @@ ORIGIN = "http://localhost:1420"  # Prem App's dev origin, allowed by default
 async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(PREMD, "serve", env=env, stderr=asyncio.subprocess.DEVNULL)
     base = f"http://127.0.0.1:{env['PREMD_PORT']}"
-    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
-        while True:
-            assert proc.returncode is None, "premd exited during start-up"
-            try:
-                async with session.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            if proc.returncode is not None:
+                raise StopWaiting("premd exited during start-up")
+            async with session.get(f"{base}/readyz") as resp:
+                return resp.status == 200
+
+        await wait_until(ready, deadline_s=60, what="premd ready")
+    return proc
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> int:
@@ -97,13 +97,15 @@ async def test_prem_app_flow(tmp_path: Path, pushed_image: str, docker: aiodocke
     try:
         async with aiohttp.ClientSession(headers=headers) as http:
             service: dict[str, Any] = {}
-            async with asyncio.timeout(30):
-                while True:  # the first fetch of the registry runs in the background
-                    async with http.get(f"{base}/v1/services/{service_id}") as resp:
-                        if resp.status == 200:
-                            service = await resp.json()
-                            break
-                    await asyncio.sleep(0.1)
+
+            async def listed() -> bool:  # the first fetch of the registry runs in the background
+                nonlocal service
+                async with http.get(f"{base}/v1/services/{service_id}") as resp:
+                    if resp.status == 200:
+                        service = await resp.json()
+                    return resp.status == 200
+
+            await wait_until(listed, deadline_s=30, what="the service listed")
             assert service["supported"] is True and service["downloaded"] is False and service["running"] is False
             assert service["baseUrl"].endswith(f"/proxy/{service_id}")
 
@@ -133,15 +135,17 @@ async def test_prem_app_flow(tmp_path: Path, pushed_image: str, docker: aiodocke
 
             # Chat through the proxy (baseUrl), streamed as the browser reads it.
             chat = {"model": service_id, "messages": [{"role": "user", "content": "hello"}], "stream": True}
-            async with asyncio.timeout(60):
-                while True:  # running != ready: the proxy answers 503 until the health check passes
-                    async with http.post(f"{service['baseUrl']}/v1/chat/completions", json=chat) as resp:
-                        if resp.status == 503:
-                            await asyncio.sleep(0.1)
-                            continue
-                        assert resp.status == 200
-                        events = [e async for e in iter_sse(resp)]
-                        break
+            events: list[SseEvent] = []
+
+            async def chatted() -> bool:  # running != ready: the proxy answers 503 until the health check passes
+                async with http.post(f"{service['baseUrl']}/v1/chat/completions", json=chat) as resp:
+                    if resp.status == 503:
+                        return False
+                    assert resp.status == 200
+                    events.extend([e async for e in iter_sse(resp)])
+                    return True
+
+            await wait_until(chatted, deadline_s=60, what="a chat answer through the proxy")
             assert events[-1].data == "[DONE]" and len(events) > 2
 
             async with http.get(f"{base}/v1/stop-service/{service_id}") as resp:

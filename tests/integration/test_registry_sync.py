@@ -43,6 +43,7 @@ from common.messages import (
 )
 from common.settings import Settings
 from registry_sync.component import RegistrySync
+from tests.testbed.util import wait_until
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MAIN, DEV, MOCK = (
@@ -146,16 +147,7 @@ async def running(settings: Settings, url: str, cls: type[RegistrySync] = Regist
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met before the deadline")
-        await _yield_briefly()
-
-
-async def _yield_briefly() -> None:
-    # Poll step of wait_for (bounded by its deadline); never a wait for a fixed outcome.
-    await asyncio.sleep(0.02)
+    await wait_until(check, deadline_s=timeout, interval=0.02)
 
 
 async def answers(nc: NATS) -> bool:

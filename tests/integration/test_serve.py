@@ -15,7 +15,7 @@ import aiohttp
 import nats
 import pytest
 
-from tests.testbed.util import free_port
+from tests.testbed.util import StopWaiting, free_port, wait_until
 
 PREMD = str(Path(sys.executable).parent / "premd")
 
@@ -35,16 +35,20 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 async def _wait_health(port: int, proc: asyncio.subprocess.Process, deadline: float = 30) -> dict[str, object]:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(deadline):
-        while True:
-            assert proc.returncode is None, "premd exited during start-up"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/v1/") as resp:
-                    if resp.status == 200:
-                        return dict(await resp.json())
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
+    body: dict[str, object] = {}
+    async with aiohttp.ClientSession() as session:
+
+        async def healthy() -> bool:
+            nonlocal body
+            if proc.returncode is not None:
+                raise StopWaiting("premd exited during start-up")
+            async with session.get(f"http://127.0.0.1:{port}/v1/") as resp:
+                if resp.status == 200:
+                    body = dict(await resp.json())
+                return resp.status == 200
+
+        await wait_until(healthy, deadline_s=deadline, interval=0.05, what="premd's health check")
+    return body
 
 
 def _children(pid: int) -> list[int]:

@@ -28,6 +28,7 @@ from common.messages import CatalogEntry, CatalogMeta, GpuInfo, OperationEvent, 
 from common.settings import Settings
 from scheduler.component import Scheduler
 from tests.testbed.images import REF_PORT
+from tests.testbed.util import StopWaiting, wait_until
 
 DEADLINE_S = 30.0
 
@@ -137,14 +138,19 @@ async def wait_observed(
     js: JetStreamContext, service_id: str, predicate: Callable[[ServiceState], bool], timeout: float = DEADLINE_S
 ) -> ServiceState:
     """Poll KV_OBSERVED until the service's state satisfies ``predicate`` (TimeoutError with the last state)."""
-    deadline = time.monotonic() + timeout
     state: ServiceState | None = None
-    while time.monotonic() < deadline:
+
+    async def reached() -> bool:
+        nonlocal state
         state = await observed(js, service_id)
-        if state is not None and predicate(state):
-            return state
-        await asyncio.sleep(0.05)  # poll interval
-    raise TimeoutError(f"{service_id}: state not reached within {timeout} s; last: {state}")
+        return state is not None and predicate(state)
+
+    try:
+        await wait_until(reached, deadline_s=timeout, interval=0.05, what=f"{service_id}: state")
+    except TimeoutError:
+        raise TimeoutError(f"{service_id}: state not reached within {timeout} s; last: {state}") from None
+    assert state is not None
+    return state
 
 
 async def containers_of(docker: aiodocker.Docker, service_id: str) -> list[dict[str, Any]]:
@@ -193,14 +199,15 @@ class SchedulerProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "scheduler", env=self.env, stdout=out, stderr=out
             )
-        async with asyncio.timeout(30):  # serving once its info endpoint answers
-            while True:
-                assert self.proc.returncode is None, self.log.read_text()[-3000:]
-                try:
-                    await nc.request(subjects.info_subject(subjects.SCHEDULER), b"{}", timeout=0.5)
-                    return
-                except Exception:  # no responders yet
-                    await asyncio.sleep(0.1)
+        proc = self.proc
+
+        async def serving() -> bool:  # once its info endpoint answers
+            if proc.returncode is not None:
+                raise StopWaiting(self.log.read_text()[-3000:])
+            await nc.request(subjects.info_subject(subjects.SCHEDULER), b"{}", timeout=0.5)
+            return True
+
+        await wait_until(serving, deadline_s=30, what="the scheduler process serving")
 
     async def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.returncode is None:
