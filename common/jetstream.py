@@ -50,8 +50,8 @@ async def ensure_resources(js: JetStreamContext) -> None:
     except nats.js.errors.NotFoundError:
         with contextlib.suppress(nats.js.errors.BadRequestError):  # another process won the race
             await js.add_stream(events)
-    for bucket, history in _KV_BUCKETS.items():
-        await kv_bucket(js, bucket, history)
+    for bucket in _KV_BUCKETS:
+        await kv_bucket(js, bucket)
     for store in (subjects.OBJ_LOGS, subjects.OBJ_REGISTRY_CONTENT):
         try:
             await js.object_store(store)
@@ -60,13 +60,14 @@ async def ensure_resources(js: JetStreamContext) -> None:
                 await js.create_object_store(store, ObjectStoreConfig(storage=StorageType.FILE))
 
 
-async def kv_bucket(js: JetStreamContext, bucket: str, history: int = 1) -> KeyValue:
+async def kv_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The bucket, created with its configuration (_KV_BUCKETS: the one place it is stated) if missing."""
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         with contextlib.suppress(nats.js.errors.BadRequestError):
             return await js.create_key_value(
-                config=KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE)
+                config=KeyValueConfig(bucket=bucket, history=_KV_BUCKETS.get(bucket, 1), storage=StorageType.FILE)
             )
         return await js.key_value(bucket)
 

@@ -46,7 +46,7 @@ class CatalogPublisher:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> CatalogPublisher:
-        publisher = cls(js, await kv_bucket(js, subjects.KV_CATALOG, history=5))
+        publisher = cls(js, await kv_bucket(js, subjects.KV_CATALOG))
         await publisher.load()
         return publisher
 

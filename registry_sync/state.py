@@ -82,7 +82,7 @@ class ConfigStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> ConfigStore:
-        kv = await kv_bucket(js, subjects.KV_REGISTRY_CONFIG, history=5)
+        kv = await kv_bucket(js, subjects.KV_REGISTRY_CONFIG)
         return cls(kv, await js.object_store(subjects.OBJ_REGISTRY_CONTENT))
 
     # ---------------------------------------------------------------- registries
