@@ -21,6 +21,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from common import codec
 from common.errors import AppError, Code, error_for
 from common.messages import ErrorReply
 
@@ -63,7 +64,7 @@ async def connect(url: str, name: str) -> NATS:
 async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep], timeout: float) -> Rep:
     """Send a command and decode its reply; error replies raise the AppError of their code."""
     try:
-        resp = await nc.request(subject, msgspec.json.encode(msg), timeout=timeout)
+        resp = await nc.request(subject, codec.encode(msg), timeout=timeout)
     except nats.errors.NoRespondersError:
         raise error_for(Code.BUS_UNAVAILABLE, f"nothing answers {subject}") from None
     except nats.errors.TimeoutError:
@@ -73,12 +74,12 @@ async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep],
         message = headers.get(ERROR_HEADER, "")
         if resp.data:
             try:
-                message = msgspec.json.decode(resp.data, type=ErrorReply).message
+                message = codec.decode(resp.data, ErrorReply).message
             except msgspec.DecodeError:
                 pass
         raise error_for(code, message)
     try:
-        return msgspec.json.decode(resp.data, type=reply)
+        return codec.decode(resp.data, reply)
     except msgspec.DecodeError as exc:
         raise error_for(Code.INTERNAL, f"malformed reply on {subject}: {exc}") from None
 
@@ -102,7 +103,7 @@ def endpoint(name: str, subject: str, request_type: type[Req], handler: Callable
 
 
 async def respond_error(req: Request, code: str, message: str) -> None:
-    body = msgspec.json.encode(ErrorReply(code=code, message=message))
+    body = codec.encode(ErrorReply(code=code, message=message))
     # Header values must be single-line.
     await req.respond_error(code, message.replace("\r", " ").replace("\n", " ")[:512], data=body)
 
@@ -141,7 +142,7 @@ class InFlight:
 def _wrap(ep: Endpoint, inflight: InFlight | None) -> Callable[[Request], Awaitable[None]]:
     async def answer(req: Request) -> None:
         try:
-            command = msgspec.json.decode(req.data or b"{}", type=ep.request_type)
+            command = codec.decode(req.data or b"{}", ep.request_type)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await respond_error(req, Code.BAD_REQUEST, f"invalid {ep.request_type.__name__}: {exc}")
             return
@@ -158,7 +159,7 @@ def _wrap(ep: Endpoint, inflight: InFlight | None) -> Callable[[Request], Awaita
             logger.exception("endpoint %s failed", ep.subject)
             await respond_error(req, Code.INTERNAL, "internal error (see the component's log)")
             return
-        await req.respond(msgspec.json.encode(result))
+        await req.respond(codec.encode(result))
 
     if inflight is None:
         return answer

@@ -123,14 +123,10 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
 }
 
 
-def error_for(code: str, message: str) -> AppError:
-    """Rebuild the typed error for a code received from the bus (unknown codes stay AppError)."""
+def error_for(code: Code | str, message: str) -> AppError:
+    """The typed error for a code: ours, for domain code to raise, or one received from the bus (unknown codes
+    stay AppError)."""
     return _KIND_BY_CODE.get(code, AppError)(code, message)
-
-
-def raise_for(code: Code, message: str) -> AppError:
-    """The typed error for one of our own codes, for domain code to raise."""
-    return error_for(code, message)
 
 
 class SettingsError(Exception):

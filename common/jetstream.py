@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from common import subjects
+from common import codec, subjects
 from common.errors import Code, error_for
 
 logger = logging.getLogger(__name__)
@@ -80,17 +80,30 @@ async def kv_get(kv: KeyValue, key: str, type_: type[T]) -> tuple[T | None, int]
         return None, 0
     if entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
         return None, entry.revision or 0
-    return msgspec.json.decode(entry.value, type=type_), entry.revision or 0
+    return codec.decode(entry.value, type_), entry.revision or 0
 
 
 async def kv_transition(
-    kv: KeyValue, key: str, type_: type[T], fn: Callable[[T | None], T], attempts: int = 10
+    kv: KeyValue,
+    key: str,
+    type_: type[T],
+    fn: Callable[[T | None], T],
+    *,
+    known: tuple[T | None, int] | None = None,
+    same: Callable[[T, T], bool] | None = None,
+    attempts: int = 10,
 ) -> tuple[T, int]:
-    """Compare-and-set read-modify-write: a stale write re-reads and re-applies ``fn`` (pure)."""
+    """Compare-and-set read-modify-write, the one such loop: a stale write re-reads and re-applies ``fn`` (pure).
+
+    ``known``: a cached (value, revision) to start from instead of reading. ``same``: when it says the new value
+    equals the current one, nothing is written and the current value and revision are returned.
+    """
+    current, revision = known if known is not None else await kv_get(kv, key, type_)
     for _ in range(attempts):
-        current, revision = await kv_get(kv, key, type_)
         new = fn(current)
-        data = msgspec.json.encode(new)
+        if current is not None and same is not None and same(current, new):
+            return current, revision
+        data = codec.encode(new)
         try:
             if revision == 0:
                 rev = await kv.create(key, data)
@@ -98,7 +111,7 @@ async def kv_transition(
                 rev = await kv.update(key, data, last=revision)
             return new, rev
         except nats.js.errors.KeyWrongLastSequenceError:
-            continue
+            current, revision = await kv_get(kv, key, type_)
     raise error_for(Code.STATE_CONFLICT, f"{kv._name}/{key}: too many concurrent writers")
 
 
@@ -166,7 +179,7 @@ class KVMirror(Generic[T]):
             self.values.pop(key, None)
         else:
             try:
-                value = msgspec.json.decode(entry.value, type=self._type)
+                value = codec.decode(entry.value, self._type)
             except msgspec.DecodeError:
                 logger.warning("%s: undecodable value under %r ignored", self._kv._name, key)
                 return

@@ -132,9 +132,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = env[key]
             raw[field.name] = _parse(field, value)
             try:
-                msgspec.convert({field.name: raw[field.name]}, cls, strict=False)
+                # The value alone against its field's type: msgspec's sentence then names no path to strip.
+                msgspec.convert(raw[field.name], field.type, strict=False)
             except msgspec.ValidationError as exc:
-                raise SettingsError(key, f"{value!r} is not valid: {_reason(exc)}") from None
+                raise SettingsError(key, f"{value!r} is not valid: {exc}") from None
         settings = msgspec.convert(raw, cls, strict=False)
         settings.check()
         return settings
@@ -157,8 +158,3 @@ def _parse(field: msgspec.structs.FieldInfo, value: str) -> Any:
     if "str" not in text:
         return value.strip()  # "8080 " from an env file is still a port
     return value
-
-
-def _reason(exc: msgspec.ValidationError) -> str:
-    # msgspec names the field path ("at `$.port`"): the variable name says that better.
-    return str(exc).split(" - at ")[0]

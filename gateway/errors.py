@@ -8,7 +8,6 @@ answer, 500 (no internals in the body) for bugs.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -16,6 +15,7 @@ import nats.errors
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from common import conversion
 from common.errors import AppError, Code
 from gateway import problems
 from gateway.keys import SETTINGS
@@ -133,15 +133,19 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
 
 # ---------------------------------------------------------------- validation (FastAPI / pydantic v1 shapes)
 
+# pydantic v1's wording, keyed by the JSON type that was expected (an optional field expects "... or null").
 _TYPE_ERRORS = {
-    "int": ("value is not a valid integer", "type_error.integer"),
-    "float": ("value is not a valid float", "type_error.float"),
-    "str": ("str type expected", "type_error.str"),
-    "bool": ("value could not be parsed to a boolean", "type_error.bool"),
+    "integer": ("value is not a valid integer", "type_error.integer"),
+    "integer or null": ("value is not a valid integer", "type_error.integer"),
+    "number": ("value is not a valid float", "type_error.float"),
+    "number or null": ("value is not a valid float", "type_error.float"),
+    "string": ("str type expected", "type_error.str"),
+    "string or null": ("str type expected", "type_error.str"),
+    "boolean": ("value could not be parsed to a boolean", "type_error.bool"),
+    "boolean or null": ("value could not be parsed to a boolean", "type_error.bool"),
     "object": ("value is not a valid dict", "type_error.dict"),
     "array": ("value is not a valid list", "type_error.list"),
 }
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
 def missing(where: str, name: str) -> InvalidInput:
@@ -163,26 +167,20 @@ async def read_json(request: web.Request) -> Any:
 def convert(value: Any, type_: type[T], where: str = "body") -> T:
     """``value`` as ``type_`` (lax, as pydantic v1 coerced "8000" to 8000); 422 naming the first bad field."""
     try:
-        return msgspec.convert(value, type_, strict=False)
-    except msgspec.ValidationError as exc:
-        raise InvalidInput([_issue(str(exc), where)]) from None
+        return conversion.convert(value, type_, strict=False)
+    except conversion.ConversionError as exc:
+        raise InvalidInput([_issue(exc.problem, where)]) from None
 
 
 async def read_body(request: web.Request, type_: type[T]) -> T:
     return convert(await read_json(request), type_)
 
 
-def _issue(text: str, where: str) -> ValidationIssue:
-    # msgspec: "Object missing required field `id` - at `$.x`", "Expected `int`, got `str` - at `$.defaultPort`"
-    message, _, at = text.partition(" - at `")
-    loc: list[str | int] = [where]
-    for name, index in _PATH_PART.findall(at.rstrip("`").removeprefix("$")):
-        loc.append(int(index) if index else name)
-    required = re.fullmatch(r"Object missing required field `(.+)`", message)
-    if required:
-        return ValidationIssue(loc=[*loc, required.group(1)], msg="field required", type="value_error.missing")
-    expected = re.match(r"Expected `(\w+)", message)
-    if expected and expected.group(1) in _TYPE_ERRORS:
-        msg, kind = _TYPE_ERRORS[expected.group(1)]
+def _issue(problem: conversion.FieldProblem, where: str) -> ValidationIssue:
+    loc: list[str | int] = [where, *problem.path]
+    if problem.kind == "missing":
+        return ValidationIssue(loc=loc, msg="field required", type="value_error.missing")
+    if problem.kind == "type" and problem.expected in _TYPE_ERRORS:
+        msg, kind = _TYPE_ERRORS[problem.expected]
         return ValidationIssue(loc=loc, msg=msg, type=kind)
-    return ValidationIssue(loc=loc, msg=message, type="value_error")
+    return ValidationIssue(loc=loc, msg=problem.detail, type="value_error")

@@ -19,7 +19,7 @@ from nats.js.api import PubAck
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from common import subjects
-from common.errors import Code, raise_for
+from common.errors import Code, error_for
 from common.jetstream import kv_bucket
 from common.messages import CatalogChanged, CatalogMeta, RegistryStatus
 from registry_sync.merge import Diff, diff, meta_changed
@@ -110,7 +110,7 @@ class CatalogPublisher:
             )
             await self._announce(event)
             return event
-        raise raise_for(Code.STATE_CONFLICT, "catalog: too many concurrent writers")
+        raise error_for(Code.STATE_CONFLICT, "catalog: too many concurrent writers")
 
     async def _write_meta(self, meta: CatalogMeta) -> int:
         data = msgspec.json.encode(meta)

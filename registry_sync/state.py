@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from common import subjects
-from common.errors import Code, raise_for
+from common.errors import Code, error_for
 from common.jetstream import kv_bucket, kv_get, kv_transition
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class ConfigStore:
         def add(current: RegistryConfig | None) -> RegistryConfig:
             config = current or RegistryConfig(urls=[])
             if url in config.urls:
-                raise raise_for(Code.REGISTRY_DUPLICATE, f"registry {url} is already configured")
+                raise error_for(Code.REGISTRY_DUPLICATE, f"registry {url} is already configured")
             return msgspec.structs.replace(config, urls=[*config.urls, url])
 
         config, _ = await kv_transition(self.kv, REGISTRIES_KEY, RegistryConfig, add)
@@ -108,7 +108,7 @@ class ConfigStore:
         def remove(current: RegistryConfig | None) -> RegistryConfig:
             config = current or RegistryConfig(urls=[])
             if url not in config.urls:
-                raise raise_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
+                raise error_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
             return msgspec.structs.replace(config, urls=[u for u in config.urls if u != url])
 
         config, _ = await kv_transition(self.kv, REGISTRIES_KEY, RegistryConfig, remove)

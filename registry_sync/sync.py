@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from common.errors import Code, raise_for
+from common.errors import Code, error_for
 from common.messages import CatalogChanged, CatalogEntry, CatalogSnapshot, RefreshResult, RegistryStatus
 from common.settings import OFFICIAL_REGISTRY_URL, Settings
 from registry_sync.fetch import Fetcher, is_supported, scheme_of
@@ -128,7 +128,7 @@ class RegistrySyncer:
     async def refresh(self, url: str | None = None) -> RefreshResult:
         """Check one registry (or all) now: conditional fetches, then one publish if anything changed."""
         if url is not None and url not in self.registries:
-            raise raise_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
+            raise error_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
         targets = [self.registries[url]] if url is not None else list(self.registries.values())
         started = [registry.begin_check() for registry in targets]
         outcomes = await asyncio.gather(*(check(self.fetcher, registry.url, registry) for registry in targets))
@@ -151,14 +151,14 @@ class RegistrySyncer:
     async def add_registry(self, url: str) -> RegistryStatus:
         """premd's order: fetch first; a registry that cannot be fetched and validated is not added."""
         if not is_supported(url):
-            raise raise_for(
+            raise error_for(
                 Code.REGISTRY_UNSUPPORTED_SCHEME, f"unsupported URL scheme {scheme_of(url)!r} (use http, https or file)"
             )
         if url in self.registries:
-            raise raise_for(Code.REGISTRY_DUPLICATE, f"registry {url} is already configured")
+            raise error_for(Code.REGISTRY_DUPLICATE, f"registry {url} is already configured")
         outcome = await check(self.fetcher, url, None)
         if isinstance(outcome, Failed):
-            raise raise_for(Code.REGISTRY_FETCH_FAILED, f"{url}: {outcome.error}")
+            raise error_for(Code.REGISTRY_FETCH_FAILED, f"{url}: {outcome.error}")
         async with self._lock:
             urls = await self.store.add_registry(url)
             registry = Registry(url)
@@ -169,7 +169,7 @@ class RegistrySyncer:
     async def remove_registry(self, url: str) -> None:
         """Drop the registry and only the services that came from it (premd also drops same-id services)."""
         if url not in self.registries:
-            raise raise_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
+            raise error_for(Code.REGISTRY_UNKNOWN, f"registry {url} is not configured")
         async with self._lock:
             urls = await self.store.remove_registry(url)
             self.registries = {u: self.registries.get(u) or Registry(u) for u in urls}
@@ -180,15 +180,15 @@ class RegistrySyncer:
         try:
             entry = check_entry(raw, CUSTOM, CUSTOM_REQUIRED)
         except EntryError as exc:
-            raise raise_for(Code.SERVICE_INVALID, f"invalid service: {exc}") from None
+            raise error_for(Code.SERVICE_INVALID, f"invalid service: {exc}") from None
         sid = entry.manifest.id
         async with self._lock:
             if any(e.manifest.id == sid for e in self.merged):
-                raise raise_for(Code.SERVICE_DUPLICATE, f"a service with id {sid!r} already exists")
+                raise error_for(Code.SERVICE_DUPLICATE, f"a service with id {sid!r} already exists")
 
             def add(services: list[CustomService]) -> list[CustomService]:
                 if any(s.manifest.get("id") == sid for s in services):
-                    raise raise_for(Code.SERVICE_DUPLICATE, f"a service with id {sid!r} already exists")
+                    raise error_for(Code.SERVICE_DUPLICATE, f"a service with id {sid!r} already exists")
                 return [*services, CustomService(manifest=raw, added_at=time.time())]
 
             await self.store.update_custom(add)
@@ -199,7 +199,7 @@ class RegistrySyncer:
     async def remove_custom(self, sid: str) -> None:
         async with self._lock:
             if not any(e.manifest.id == sid for e in self.custom):
-                raise raise_for(Code.SERVICE_NOT_FOUND, f"no custom service with id {sid!r}")
+                raise error_for(Code.SERVICE_NOT_FOUND, f"no custom service with id {sid!r}")
             await self.store.update_custom(lambda services: [s for s in services if s.manifest.get("id") != sid])
             self.custom = [e for e in self.custom if e.manifest.id != sid]
             await self._publish()

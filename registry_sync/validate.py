@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from common.conversion import ConversionError, FieldProblem, convert
 from common.manifest import MANIFEST_KEYS, SERVICE_ID_PATTERN, SERVICE_ID_RE, Manifest
 from common.messages import CatalogEntry, SkippedEntry
 
@@ -99,9 +100,9 @@ def check_entry(item: object, origin: str, required: Collection[str]) -> Catalog
         if key not in item:
             raise EntryError(key, "missing")
     try:
-        manifest = msgspec.convert(item, Manifest)
-    except msgspec.ValidationError as exc:
-        raise _entry_error(exc) from None
+        manifest = convert(item, Manifest)
+    except ConversionError as exc:
+        raise _entry_error(exc.problem) from None
     if manifest.service_type != BINARY:
         for key in DOCKER_REQUIRED:
             if item.get(key) is None:
@@ -125,15 +126,17 @@ def usable_id(item: object) -> str | None:
     return None
 
 
-def _entry_error(exc: msgspec.ValidationError) -> EntryError:
-    # msgspec: "Expected `int`, got `str` - at `$.defaultPort`" / "Object missing required field `image` - at `$.x`"
-    message, _, path = str(exc).partition(" - at `")
-    field = path.rstrip("`").removeprefix("$").removeprefix(".")
-    missing = "Object missing required field `"
-    if message.startswith(missing):
-        name = message[len(missing) :].rstrip("`")
-        return EntryError(f"{field}.{name}" if field else name, "missing")
-    return EntryError(field, message[:1].lower() + message[1:])
+def _entry_error(problem: FieldProblem) -> EntryError:
+    if problem.kind == "missing":
+        return EntryError(problem.dotted, "missing")
+    if problem.kind == "type":
+        return EntryError(problem.dotted, f"expected {_article(problem.expected)}, got {_article(problem.got)}")
+    return EntryError(problem.dotted, problem.detail[:1].lower() + problem.detail[1:])
+
+
+def _article(json_name: str) -> str:
+    # "an integer", "a string or null": the wording _json_type uses for the document's own checks
+    return ("an " if json_name[:1] in "aeiou" else "a ") + json_name if json_name != "null" else json_name
 
 
 def _json_type(value: Any) -> str:

@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 
 from common import subjects
 from common.errors import Code, error_for
-from common.jetstream import kv_get
+from common.jetstream import kv_get, kv_transition
 from common.messages import DesiredState, ServiceState
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -72,23 +72,12 @@ class CachedKV(Generic[T]):
         """Apply ``fn`` to the current value and store the result unless only its timestamp changed."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            current, revision = self._values.get(key, (None, 0))
-            for _ in range(ATTEMPTS):
-                new = fn(current)
-                if current is not None and _same(current, new):
-                    return current
-                data = msgspec.json.encode(new)
-                try:
-                    if revision == 0:
-                        revision = await self._kv.create(key, data)
-                    else:
-                        revision = await self._kv.update(key, data, last=revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    current, revision = await kv_get(self._kv, key, self._type)
-                    continue
-                self._values[key] = (new, revision)
-                return new
-        raise error_for(Code.STATE_CONFLICT, f"{key}: too many concurrent writers")
+            known = self._values.get(key, (None, 0))
+            new, revision = await kv_transition(
+                self._kv, key, self._type, fn, known=known, same=_same, attempts=ATTEMPTS
+            )
+            self._values[key] = (new, revision)
+            return new
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):

@@ -107,7 +107,7 @@ def test_a_bad_entry_is_skipped_with_index_id_and_reason_and_the_rest_load() -> 
     skipped = [(s.index, s.id, s.reason) for s in parsed.skipped]
     assert skipped == [
         (1, "no-images", 'dockerImages: missing (required unless serviceType is "binary")'),
-        (2, "wrong-port", "defaultPort: expected `int | null`, got `str`"),
+        (2, "wrong-port", "defaultPort: expected an integer or null, got a string"),
         (3, "bad image", skipped[2][2]),
         (4, None, "id: missing"),
         (5, None, "expected a JSON object, got a number"),
