@@ -84,6 +84,36 @@ async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep],
         raise error_for(Code.INTERNAL, f"malformed reply on {subject}: {exc}") from None
 
 
+async def gather(
+    nc: NATS, subject: str, reply: type[Rep], window_s: float, enough: Callable[[list[Rep]], bool] | None = None
+) -> list[Rep]:
+    """Every answer to a broadcast ($SRV.PING, $SRV.STATS) within ``window_s``, or until ``enough`` says so.
+
+    Answers that do not decode as ``reply`` are not ours to count and are left out.
+    """
+    answers: list[Rep] = []
+    if not nc.is_connected:
+        return answers
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(subject, b"", reply=inbox)
+        async with asyncio.timeout(window_s):
+            async for msg in sub.messages:
+                try:
+                    answers.append(codec.decode(msg.data, reply))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                if enough is not None and enough(answers):
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return answers
+
+
 Handler = Callable[[Any], Awaitable[msgspec.Struct]]
 
 

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -16,11 +15,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.micro.service import Service
 
-from common import bus, subjects
+from common import bus
 from common.errors import SettingsError
 from common.jetstream import ensure_resources
 from common.logs import setup_logging
-from common.messages import ComponentInfo, Empty
 from common.settings import Settings
 from common.version import VERSION
 
@@ -137,7 +135,6 @@ class ServiceComponent(Component):
 
     _service: Service | None = None
     _inflight: bus.InFlight | None = None
-    _started_at = 0.0
 
     def endpoints(self) -> list[bus.Endpoint]:
         """The component's command endpoints."""
@@ -150,17 +147,12 @@ class ServiceComponent(Component):
         """Runs after intake stopped: finish or cancel in-flight work, within the caller's bound."""
 
     async def start(self) -> None:
-        self._started_at = time.time()
         self.js = self.nc.jetstream()
         await ensure_resources(self.js)
         await self.setup()
-        info = bus.endpoint("info", subjects.info_subject(self.name), Empty, self._info)
         self._inflight = bus.InFlight()
-        endpoints = [info, *self.endpoints()]
+        endpoints = self.endpoints()
         self._service = await bus.serve(self.nc, self.name, VERSION, self.description, endpoints, self._inflight)
-
-    async def _info(self, _: Empty) -> ComponentInfo:
-        return ComponentInfo(name=self.name, version=VERSION, started_at=self._started_at)
 
     async def stop(self) -> None:
         """Stop intake, give requests being answered half the shutdown bound, cancel the rest, tear down."""

@@ -32,10 +32,36 @@ class ErrorReply(Message, frozen=True):
     message: str
 
 
-class ComponentInfo(Message, frozen=True):
+class ServiceIdentity(Message, frozen=True):
+    """What every component answers on $SRV.PING and $SRV.INFO (NATS micro; other fields are ignored)."""
+
     name: str
+    id: str
+    """The running instance: a new id at every start."""
     version: str
-    started_at: float
+
+
+class EndpointStats(Message, frozen=True):
+    """One endpoint's counters in a $SRV.STATS answer (times in nanoseconds)."""
+
+    name: str
+    subject: str
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time: int = 0
+    average_processing_time: int = 0
+    last_error: str | None = None
+
+
+class ServiceStats(Message, frozen=True):
+    """A component's $SRV.STATS answer."""
+
+    name: str
+    id: str
+    version: str
+    started: str
+    """RFC 3339 start time."""
+    endpoints: list[EndpointStats] | None = None
 
 
 # ---------------------------------------------------------------- registries / catalog

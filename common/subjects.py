@@ -15,6 +15,15 @@ REGISTRY_SYNC = "registry_sync"
 COMPONENTS = (GATEWAY, SCHEDULER, BUILDER, REGISTRY_SYNC)
 SRV_PING = "$SRV.PING"
 SRV_INFO = "$SRV.INFO"
+SRV_STATS = "$SRV.STATS"
+"""Each component's identity (instance id, version), start time and per-endpoint request/error/latency counts
+come from these NATS micro discovery subjects; premd adds no info command of its own."""
+
+
+def srv_info(component: str) -> str:
+    """One component's $SRV.INFO (its instance ``id`` changes at every start)."""
+    return f"{SRV_INFO}.{component}"
+
 
 # --- registry_sync commands (request/reply) ---
 REGISTRY_LIST = f"{PREFIX}.registry.list"
@@ -37,11 +46,6 @@ SCHEDULER_PRUNE = f"{PREFIX}.scheduler.prune"
 SCHEDULER_CONTAINER_STATS = f"{PREFIX}.scheduler.stats.container"
 SCHEDULER_HOST_STATS = f"{PREFIX}.scheduler.stats.host"
 SCHEDULER_GPU_STATS = f"{PREFIX}.scheduler.stats.gpu"
-
-
-def info_subject(component: str) -> str:
-    """Every component answers ComponentInfo here (beside $SRV.INFO, which lists its endpoints)."""
-    return f"{PREFIX}.{component}.info"
 
 
 # --- events (fan-out; captured by the EVENTS stream for replay) ---

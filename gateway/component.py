@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from nats.micro.service import Service
 
 from common import bus, subjects
 from common.component import Component
-from common.messages import ComponentInfo, Empty
 from common.version import VERSION
 from gateway.app import create_app
 
@@ -21,18 +18,8 @@ class Gateway(Component):
     _service: Service | None = None
 
     async def start(self) -> None:
-        started = time.time()
-
-        async def info(_: Empty) -> ComponentInfo:
-            return ComponentInfo(name=self.name, version=VERSION, started_at=started)
-
-        self._service = await bus.serve(
-            self.nc,
-            self.name,
-            VERSION,
-            "premd HTTP gateway",
-            [bus.endpoint("info", subjects.info_subject(self.name), Empty, info)],
-        )
+        # No commands: registered so that $SRV.PING / $SRV.INFO / $SRV.STATS find the gateway like the others.
+        self._service = await bus.serve(self.nc, self.name, VERSION, "premd HTTP gateway", [])
         self._runner = web.AppRunner(
             create_app(self.settings, self.nc), shutdown_timeout=self.settings.shutdown_timeout_s
         )

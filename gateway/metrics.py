@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.aio.msg import Msg
 
-from common import subjects
-from common.messages import OperationEvent, ServicePhase, ServiceState
+from common import bus, subjects
+from common.messages import OperationEvent, ServicePhase, ServiceState, ServiceStats
 from gateway.apidoc import documented
 from gateway.keys import NC, VIEW
 
@@ -191,7 +191,43 @@ routes = web.RouteTableDef()
 @documented("Prometheus metrics (text exposition format)", content_type=CONTENT_TYPE, tags=("operations",))
 async def metrics(request: web.Request) -> web.Response:
     text = request.app[METRICS].render(request.app[VIEW].observed.values.values())
+    text += render_bus_stats(await _bus_stats(request))
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+STATS_WINDOW_S = 0.25
+"""How long /metrics waits for the components' $SRV.STATS answers (it stops as soon as all have answered)."""
+
+
+async def _bus_stats(request: web.Request) -> list[ServiceStats]:
+    def everyone(answers: list[ServiceStats]) -> bool:
+        return {answer.name for answer in answers} >= set(subjects.COMPONENTS)
+
+    return await bus.gather(request.app[NC], subjects.SRV_STATS, ServiceStats, STATS_WINDOW_S, everyone)
+
+
+def render_bus_stats(stats: Iterable[ServiceStats]) -> str:
+    """The components' micro-service counters ($SRV.STATS), one sample per component instance and endpoint."""
+    families = (
+        ("premd_bus_requests_total", "counter", "Commands answered, by component and endpoint.", "num_requests", 1.0),
+        ("premd_bus_errors_total", "counter", "Commands answered with an error.", "num_errors", 1.0),
+        ("premd_bus_processing_seconds_total", "counter", "Time spent answering commands.", "processing_time", 1e-9),
+    )
+    out: list[str] = [
+        "# HELP premd_component_info A component instance answering on the bus (value 1).",
+        "# TYPE premd_component_info gauge",
+    ]
+    answers = sorted(stats, key=lambda s: (s.name, s.id))
+    for answer in answers:
+        labels = _labels(("component", "instance", "version"), (answer.name, answer.id, answer.version))
+        out.append(f"premd_component_info{labels} 1")
+    for name, kind, help_, attribute, scale in families:
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+        for answer in answers:
+            for endpoint in answer.endpoints or []:
+                labels = _labels(("component", "instance", "endpoint"), (answer.name, answer.id, endpoint.name))
+                out.append(f"{name}{labels} {_number(getattr(endpoint, attribute) * scale)}")
+    return "\n".join(out) + "\n"
 
 
 async def operations_ctx(app: web.Application) -> AsyncIterator[None]:

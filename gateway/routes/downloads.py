@@ -16,7 +16,7 @@ from aiohttp import web
 
 from common import bus, subjects
 from common.errors import Code, UnavailableError
-from common.messages import ComponentInfo, Empty, OperationAccepted, OperationEvent, PullImage
+from common.messages import Empty, OperationAccepted, OperationEvent, PullImage, ServiceIdentity
 from gateway import streams
 from gateway.apidoc import documented
 from gateway.errors import ApiError, json_response
@@ -79,7 +79,7 @@ async def _progress(
 ) -> AsyncGenerator[OperationEvent | None]:
     """Progress events until the pull succeeded and the view shows it; raises PullOutcome otherwise."""
     try:
-        scheduler = await _scheduler_started_at(request)
+        scheduler = await _scheduler_instance(request)
         while operation_id is not None:
             try:
                 item = await next_update(updates, operation_id, streams.PING_INTERVAL_S)
@@ -98,22 +98,22 @@ async def _progress(
         raise PullOutcome(SHUTTING_DOWN, status=503) from None
 
 
-async def _scheduler_started_at(request: web.Request) -> float | None:
-    """When the scheduler answering commands started; None when none answers."""
+async def _scheduler_instance(request: web.Request) -> str | None:
+    """The instance id of the scheduler answering commands (new at every start); None when none answers."""
     nc, timeout = request.app[NC], request.app[SETTINGS].request_timeout_s
     try:
-        info = await bus.request(nc, subjects.info_subject(subjects.SCHEDULER), Empty(), ComponentInfo, timeout)
+        info = await bus.request(nc, subjects.srv_info(subjects.SCHEDULER), Empty(), ServiceIdentity, timeout)
     except UnavailableError:
         return None
-    return info.started_at
+    return info.id
 
 
-async def _check_scheduler(request: web.Request, started_at: float | None) -> None:
+async def _check_scheduler(request: web.Request, started_by: str | None) -> None:
     """Raise when the pull's scheduler is gone: no events would ever come, and Prem App would wait forever."""
-    now = await _scheduler_started_at(request)
+    now = await _scheduler_instance(request)
     if now is None:
         raise OperationFailed("the scheduler does not answer: the download stopped", Code.BUS_UNAVAILABLE)
-    if started_at is not None and now != started_at:
+    if started_by is not None and now != started_by:
         raise OperationFailed("the scheduler restarted: the download stopped; start it again", Code.PULL_FAILED)
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import msgspec
 from aiohttp import web
 
-from common import subjects
+from common import bus, subjects
+from common.messages import ServiceIdentity
 from gateway.apidoc import documented
 from gateway.errors import json_response
 from gateway.keys import NC
@@ -27,12 +25,6 @@ async def health(request: web.Request) -> web.Response:
     return json_response(HealthResponse(status=True))
 
 
-class _Pong(msgspec.Struct):
-    name: str
-    id: str
-    version: str
-
-
 @routes.get("/readyz")
 @documented(
     "Readiness: the bus is connected and every component answers (503 otherwise)",
@@ -42,24 +34,12 @@ async def ready(request: web.Request) -> web.Response:
     """Ready when the bus is connected and every component answered $SRV.PING within a short window."""
     nc = request.app[NC]
     seen: dict[str, list[str]] = {name: [] for name in subjects.COMPONENTS}
-    if nc.is_connected:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish(subjects.SRV_PING, b"", reply=inbox)
-        try:
-            async with asyncio.timeout(PING_WINDOW_S):
-                async for msg in sub.messages:
-                    try:
-                        pong = msgspec.json.decode(msg.data, type=_Pong)
-                    except msgspec.DecodeError:
-                        continue
-                    seen.setdefault(pong.name, []).append(pong.id)
-                    if all(seen[name] for name in subjects.COMPONENTS):
-                        break
-        except TimeoutError:
-            pass
-        finally:
-            await sub.unsubscribe()
+
+    def everyone(pongs: list[ServiceIdentity]) -> bool:
+        return {pong.name for pong in pongs} >= set(subjects.COMPONENTS)
+
+    for pong in await bus.gather(nc, subjects.SRV_PING, ServiceIdentity, PING_WINDOW_S, everyone):
+        seen.setdefault(pong.name, []).append(pong.id)
     components = {name: bool(ids) for name, ids in seen.items()}
     is_ready = nc.is_connected and all(components.values())
     body = {"ready": is_ready, "bus": "connected" if nc.is_connected else "disconnected", "components": components}

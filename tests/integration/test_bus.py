@@ -17,7 +17,7 @@ from common import bus, subjects
 from common.component import Running, ServiceComponent
 from common.errors import Code, InvalidError, NotFoundError, UnavailableError
 from common.jetstream import KVMirror, kv_bucket
-from common.messages import ComponentInfo, Empty, RemoveVolume
+from common.messages import Empty, RegistryList, RemoveVolume, ServiceIdentity, ServiceStats
 from common.settings import Settings
 from gateway.app import create_app
 from registry_sync.component import RegistrySync
@@ -72,10 +72,10 @@ async def workers(settings: Settings, nats_url: str) -> AsyncIterator[Running]:
 
 
 async def test_gateway_to_worker_and_back(workers: Running, settings: Settings, nc: NATS) -> None:
-    """The gateway's readiness route asks every worker over NATS; each worker answers its info command."""
+    """The gateway's readiness route asks every worker over NATS; each worker answers $SRV.INFO with its id."""
     for name in (subjects.REGISTRY_SYNC, subjects.SCHEDULER, subjects.BUILDER):
-        info = await bus.request(nc, subjects.info_subject(name), Empty(), ComponentInfo, timeout=2)
-        assert info.name == name and info.version
+        info = await bus.request(nc, subjects.srv_info(name), Empty(), ServiceIdentity, timeout=2)
+        assert info.name == name and info.version and info.id
     async with TestClient(TestServer(create_app(settings, nc))) as client:
         resp = await client.get("/readyz")
         body = await resp.json()
@@ -84,6 +84,22 @@ async def test_gateway_to_worker_and_back(workers: Running, settings: Settings, 
         assert resp.status == 503 and body["bus"] == "connected"
         health = await client.get("/v1/")
         assert health.status == 200 and await health.json() == {"status": True}
+
+
+async def test_metrics_export_each_components_endpoint_stats(workers: Running, settings: Settings, nc: NATS) -> None:
+    """Per-endpoint counters come from $SRV.STATS (no info command of premd's own): a command shows up in /metrics."""
+    await bus.request(nc, subjects.REGISTRY_LIST, Empty(), RegistryList, timeout=5)
+    [stats] = await bus.gather(nc, f"{subjects.SRV_STATS}.{subjects.REGISTRY_SYNC}", ServiceStats, 2, lambda a: True)
+    listed = {endpoint.subject: endpoint.num_requests for endpoint in stats.endpoints or []}
+    assert listed[subjects.REGISTRY_LIST] >= 1
+    async with TestClient(TestServer(create_app(settings, nc))) as client:
+        text = await (await client.get("/metrics")).text()
+    samples = [line for line in text.splitlines() if line.startswith("premd_bus_requests_total{")]
+    mine = [s for s in samples if 'component="registry_sync"' in s and f'instance="{stats.id}"' in s]
+    assert mine and any(float(s.rsplit(" ", 1)[1]) >= 1 for s in mine)
+    assert 'component="scheduler"' in {s.split(",")[0].split("{")[1] for s in samples}
+    infos = [line for line in text.splitlines() if line.startswith("premd_component_info{")]
+    assert {"registry_sync", "scheduler", "builder"} <= {line.split('"')[1] for line in infos}
 
 
 async def test_srv_ping_discovers_workers(workers: Running, nc: NATS) -> None:
@@ -125,7 +141,7 @@ async def test_stopping_a_component_lets_the_request_being_answered_finish(setti
     reply = asyncio.create_task(bus.request(nc, "test.slow.wait", Echo(text="done"), Echo, timeout=10))
     await asyncio.wait_for(comp.entered.wait(), 5)
     stopping = asyncio.create_task(running.stop())
-    await _no_responders(nc, subjects.info_subject(Slow.name))  # intake stopped
+    await _no_responders(nc, subjects.srv_info(Slow.name))  # intake stopped
     comp.release.set()
     assert await reply == Echo(text="done")
     await asyncio.wait_for(stopping, 10)
@@ -135,7 +151,7 @@ async def _no_responders(nc: NATS, subject: str, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while True:
             try:
-                await bus.request(nc, subject, Empty(), ComponentInfo, timeout=0.2)
+                await bus.request(nc, subject, Empty(), ServiceIdentity, timeout=0.2)
             except UnavailableError as exc:
                 if exc.code == Code.BUS_UNAVAILABLE:
                     return

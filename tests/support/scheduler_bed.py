@@ -204,7 +204,7 @@ class SchedulerProcess:
         async def serving() -> bool:  # once its info endpoint answers
             if proc.returncode is not None:
                 raise StopWaiting(self.log.read_text()[-3000:])
-            await nc.request(subjects.info_subject(subjects.SCHEDULER), b"{}", timeout=0.5)
+            await nc.request(subjects.srv_info(subjects.SCHEDULER), b"", timeout=0.5)
             return True
 
         await wait_until(serving, deadline_s=30, what="the scheduler process serving")
