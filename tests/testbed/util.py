@@ -73,18 +73,9 @@ async def wait_http_ok(url: str, *, deadline_s: float = 30.0, interval: float = 
 
 
 def wait_until_sync(check: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> None:
-    """Blocking variant of :func:`wait_until`."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            if check():
-                return
-        except StopWaiting:
-            raise
-        except Exception as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc is not None else ""
-            raise TimeoutError(f"{what or 'condition'} not reached within {timeout}s{detail}")
-        time.sleep(interval)  # poll interval, not a readiness wait
+    """:func:`wait_until` for code without an event loop (sync fixtures): the same deadline and error rules."""
+
+    async def checked() -> bool:
+        return check()
+
+    run_isolated(lambda: wait_until(checked, deadline_s=timeout, interval=interval, what=what or "condition"))
