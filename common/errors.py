@@ -40,6 +40,18 @@ class Code(StrEnum):
     DOCKER_ERROR = "docker.error"
     OPERATION_NOT_FOUND = "operation.not_found"
 
+    # Refusals decided by the HTTP gateway itself (never travel on the bus).
+    AUTH_REQUIRED = "auth.required"
+    AUTH_INVALID = "auth.invalid"
+    FOREIGN_ORIGIN = "security.foreign_origin"
+    CROSS_SITE = "security.cross_site"
+    HOST_NOT_ALLOWED = "security.host_not_allowed"
+    CORS_ORIGIN_NOT_ALLOWED = "cors.origin_not_allowed"
+    PROXY_UNREACHABLE = "proxy.unreachable"
+    BODY_TOO_LARGE = "request.too_large"
+    BODY_INVALID = "request.invalid"
+    MODEL_NOT_FOUND = "model_not_found"
+
 
 class AppError(Exception):
     """Root of premd's errors: a stable code and a message meant for people."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import problems
+from common.errors import Code
+from gateway.errors import error_response
 
 ALLOW_METHODS = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type"
@@ -110,7 +111,7 @@ async def preflight_middleware(request: web.Request, handler: Handler) -> web.St
 def _preflight(request: web.Request, origin: str) -> web.Response:
     policy = request.app[POLICY]
     if not policy.allows(origin):
-        return problems.premd_error(403, problems.CORS_ORIGIN_NOT_ALLOWED, f"origin {origin!r} is not allowed")
+        return error_response(f"origin {origin!r} is not allowed", 403, Code.CORS_ORIGIN_NOT_ALLOWED)
     requested = request.headers.get("Access-Control-Request-Headers", "").strip()
     headers = {
         "Access-Control-Allow-Methods": ALLOW_METHODS,

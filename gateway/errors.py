@@ -8,6 +8,7 @@ answer, 500 (no internals in the body) for bugs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,9 +18,15 @@ from aiohttp.typedefs import Handler
 
 from common import conversion
 from common.errors import AppError, Code
-from gateway import problems
 from gateway.keys import SETTINGS
-from gateway.schemas import ErrorMessage, ErrorResponse, ValidationErrorResponse, ValidationIssue
+from gateway.schemas import (
+    ErrorMessage,
+    ErrorResponse,
+    OpenAIErrorBody,
+    OpenAIErrorResponse,
+    ValidationErrorResponse,
+    ValidationIssue,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +38,21 @@ _BUS_DOWN = "premd's message bus (NATS) did not answer"
 
 
 class ApiError(Exception):
-    """A handled error of a route: premd's envelope with ``message``."""
+    """Every handled refusal of the HTTP edge: status, stable code, message for people, extra headers.
 
-    def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
-        super().__init__(message)
+    premd's routes render it in premd's envelope (``{"detail": {"message", "code"}}``), the OpenAI-compatible
+    routes in OpenAI's (``{"error": {"message", "type", "code"}}``).
+    """
+
+    def __init__(
+        self, message: str, status: int = 400, code: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}" if code else message)
         self.message = message
         self.status = status
         self.code = code
-        """The component's error code behind it, if any."""
+        """The stable code (common.errors.Code) behind it, if any."""
+        self.headers = dict(headers or {})
 
     @classmethod
     def wrap(cls, prefix: str, exc: AppError) -> ApiError:
@@ -67,8 +81,30 @@ def json_response(body: msgspec.Struct | list[Any], status: int = 200) -> web.Re
     return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
 
 
-def error_response(message: str, status: int = 400, code: str | None = None) -> web.Response:
-    return json_response(ErrorResponse(detail=ErrorMessage(message=message, code=code)), status)
+def error_response(
+    message: str, status: int = 400, code: str | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """premd's envelope."""
+    body = msgspec.json.encode(ErrorResponse(detail=ErrorMessage(message=message, code=code)))
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error"}
+
+
+def openai_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """OpenAI's error shape."""
+    kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = msgspec.json.encode(OpenAIErrorResponse(error=OpenAIErrorBody(message=message, type=kind, code=code)))
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def as_premd(exc: ApiError) -> web.Response:
+    return error_response(exc.message, exc.status, exc.code, exc.headers)
+
+
+def as_openai(exc: ApiError) -> web.Response:
+    return openai_error(exc.status, exc.code or Code.BAD_REQUEST, exc.message, exc.headers)
 
 
 @web.middleware
@@ -85,7 +121,7 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.message, exc.status, exc.code)
+        return as_premd(exc)
     except InvalidInput as exc:
         return json_response(ValidationErrorResponse(detail=exc.issues), 422)
     except AppError as exc:
@@ -95,7 +131,7 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(_HIDDEN if status == 500 else exc.message, status, exc.code)
     except web.HTTPRequestEntityTooLarge:  # request.read() past client_max_size (PREMD_MAX_BODY_BYTES)
         limit = request.app[SETTINGS].max_body_bytes
-        return error_response(f"body larger than {limit} bytes", 413, problems.BODY_TOO_LARGE)
+        return error_response(f"body larger than {limit} bytes", 413, Code.BODY_TOO_LARGE)
     except web.HTTPException as exc:
         # FastAPI's bodies for an unknown path or method (and any other HTTP error aiohttp raises).
         return web.json_response({"detail": exc.reason}, status=exc.status, headers=_allow(exc))

@@ -22,8 +22,9 @@ from aiohttp import web
 from common import bus, subjects
 from common.errors import AppError, Code, ConflictError, FitError, InvalidError, NotFoundError, UnavailableError
 from common.messages import OperationAccepted, ServiceState, StartService
-from gateway import problems, proxy
+from gateway import proxy
 from gateway.apidoc import documented
+from gateway.errors import ApiError, as_openai, openai_error
 from gateway.keys import NC, SETTINGS, VIEW
 
 FORWARDED_PATHS = (
@@ -68,12 +69,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refusing (413) past ``limit`` without reading further."""
     length = request.content_length
     if length is not None and length > limit:
-        raise problems.EdgeError(413, problems.BODY_TOO_LARGE, f"body larger than {limit} bytes")
+        raise ApiError(f"body larger than {limit} bytes", 413, Code.BODY_TOO_LARGE)
     buffer = bytearray()
     async for chunk in request.content.iter_any():
         buffer += chunk
         if len(buffer) > limit:
-            raise problems.EdgeError(413, problems.BODY_TOO_LARGE, f"body larger than {limit} bytes")
+            raise ApiError(f"body larger than {limit} bytes", 413, Code.BODY_TOO_LARGE)
     return bytes(buffer)
 
 
@@ -107,14 +108,14 @@ def model_of(request: web.Request, body: bytes) -> str:
     if request.path == MULTIPART_PATH:
         model = request.query.get("model") or form_field(body, request.headers.get("Content-Type", ""), "model")
         if not model:
-            raise problems.EdgeError(400, problems.BODY_INVALID, "'model' (query or form field) is required")
+            raise ApiError("'model' (query or form field) is required", 400, Code.BODY_INVALID)
         return model
     try:
         return _decode_model(body).model
     except msgspec.ValidationError as exc:
-        raise problems.EdgeError(400, problems.BODY_INVALID, f"invalid request: {exc}") from None
+        raise ApiError(f"invalid request: {exc}", 400, Code.BODY_INVALID) from None
     except msgspec.DecodeError:
-        raise problems.EdgeError(400, problems.BODY_INVALID, "the body is not valid JSON") from None
+        raise ApiError("the body is not valid JSON", 400, Code.BODY_INVALID) from None
 
 
 def _status_of(exc: AppError) -> int:
@@ -142,7 +143,7 @@ async def _start_and_wait(app: web.Application, service_id: str) -> None:
         except AppError as exc:
             status = _status_of(exc)
             message = exc.message if status < 500 else "the service could not be started"
-            raise problems.EdgeError(status, exc.code, message) from None
+            raise ApiError(message, status, exc.code) from None
         operation_id = accepted.operation_id
 
     def settled(values: dict[str, ServiceState]) -> bool:
@@ -157,10 +158,10 @@ async def _start_and_wait(app: web.Application, service_id: str) -> None:
     try:
         await view.observed.wait_for(settled, timeout=settings.autostart_wait_s)
     except TimeoutError:
-        raise problems.EdgeError(
+        raise ApiError(
+            f"service {service_id!r} is still starting",
             503,
             Code.SERVICE_NOT_READY,
-            f"service {service_id!r} is still starting",
             {"Retry-After": proxy.RETRY_AFTER_S},
         ) from None
 
@@ -169,7 +170,7 @@ async def target_of(app: web.Application, service_id: str) -> str:
     """Where to send a request for ``service_id``, starting the service first when autostart is on."""
     try:
         return proxy.resolve(app, service_id)
-    except problems.EdgeError as exc:
+    except ApiError as exc:
         if not app[SETTINGS].autostart or exc.status not in (409, 503):
             raise
     await _start_and_wait(app, service_id)
@@ -182,15 +183,15 @@ async def _forward(request: web.Request) -> web.StreamResponse:
         model = model_of(request, body)
         try:
             target = await target_of(request.app, model)
-        except problems.EdgeError as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 shown = model if len(model) <= 128 else model[:128] + "..."
-                raise problems.EdgeError(404, problems.MODEL_NOT_FOUND, f"The model {shown!r} does not exist") from None
+                raise ApiError(f"The model {shown!r} does not exist", 404, Code.MODEL_NOT_FOUND) from None
             raise
         path_qs = request.rel_url.raw_path + proxy.forwarded_query(request)
         return await proxy.forward(request, model, target, path_qs, prefix="", body=body)
-    except problems.EdgeError as exc:
-        return problems.as_openai(exc)
+    except ApiError as exc:
+        return as_openai(exc)
 
 
 routes = web.RouteTableDef()
@@ -237,7 +238,7 @@ async def models(request: web.Request) -> web.Response:
 async def model(request: web.Request) -> web.Response:
     state = request.app[VIEW].state(request.match_info["model"])
     if state is None or state.phase != "ready":
-        return problems.openai_error(404, problems.MODEL_NOT_FOUND, "The model does not exist or is not running")
+        return openai_error(404, Code.MODEL_NOT_FOUND, "The model does not exist or is not running")
     return web.Response(body=msgspec.json.encode(_card(state)), content_type="application/json")
 
 

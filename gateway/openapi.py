@@ -18,9 +18,9 @@ import msgspec
 from aiohttp import web
 
 from common.version import VERSION
-from gateway import problems
 from gateway.apidoc import ApiDoc, doc_of, documented
 from gateway.keys import SETTINGS
+from gateway.schemas import ErrorResponse, OpenAIErrorResponse
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Prem Daemon"
@@ -115,7 +115,7 @@ def _operation(op: _Op, schemas: dict[Any, Json], secured: bool) -> Json:
     elif doc:
         ok["content"] = {doc.content_type: {}}
     responses: Json = {"200": ok}
-    envelope = "OpenAIError" if tag == "openai" else "PremdError"
+    envelope = OpenAIErrorResponse.__name__ if tag == "openai" else ErrorResponse.__name__
     for status, description in sorted((doc.errors if doc else {}).items()):
         responses[str(status)] = {
             "description": description,
@@ -133,7 +133,7 @@ def build_spec(app: web.Application) -> Json:
     """The OpenAPI document of every route ``app`` serves."""
     secured = app[SETTINGS].api_token is not None
     ops = list(_operations(app))
-    types: list[Any] = [problems.PremdError, problems.OpenAIError]
+    types: list[Any] = [ErrorResponse, OpenAIErrorResponse]
     for op in ops:
         for type_ in (op.doc.body, op.doc.response) if op.doc else ():
             if type_ is not None and type_ not in types:

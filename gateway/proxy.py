@@ -30,8 +30,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from common.errors import Code
-from gateway import problems
 from gateway.apidoc import documented
+from gateway.errors import ApiError, as_premd
 from gateway.keys import SETTINGS, VIEW
 from gateway.metrics import METRICS, Metrics
 from gateway.security import TOKEN_QUERY
@@ -82,16 +82,16 @@ def resolve(app: web.Application, service_id: str) -> str:
     state = view.state(service_id)
     if state is None:
         if view.catalog.get(service_id) is None:
-            raise problems.EdgeError(404, Code.SERVICE_NOT_FOUND, f"no service {service_id!r}")
-        raise problems.EdgeError(409, Code.SERVICE_NOT_RUNNING, f"service {service_id!r} is not running")
+            raise ApiError(f"no service {service_id!r}", 404, Code.SERVICE_NOT_FOUND)
+        raise ApiError(f"service {service_id!r} is not running", 409, Code.SERVICE_NOT_RUNNING)
     if state.phase == "ready" and state.host_port:
         return f"{app[SETTINGS].service_host}:{state.host_port}"
     if state.phase in ("starting", "ready"):
-        raise problems.EdgeError(
-            503, Code.SERVICE_NOT_READY, f"service {service_id!r} is starting", {"Retry-After": RETRY_AFTER_S}
+        raise ApiError(
+            f"service {service_id!r} is starting", 503, Code.SERVICE_NOT_READY, {"Retry-After": RETRY_AFTER_S}
         )
     reason = state.last_error or state.phase
-    raise problems.EdgeError(409, Code.SERVICE_NOT_RUNNING, f"service {service_id!r} is not running: {reason}")
+    raise ApiError(f"service {service_id!r} is not running: {reason}", 409, Code.SERVICE_NOT_RUNNING)
 
 
 def _upstream_path(request: web.Request) -> str:
@@ -186,7 +186,7 @@ async def forward(
     except aiohttp.ClientError as exc:
         metrics.proxy_requests.inc((service_id, "502"))
         logger.info("proxy %s: %s %s failed: %r", service_id, request.method, path_qs, exc)
-        raise problems.EdgeError(502, problems.PROXY_UNREACHABLE, f"service {service_id!r} did not answer") from None
+        raise ApiError(f"service {service_id!r} did not answer", 502, Code.PROXY_UNREACHABLE) from None
     received = 0
     try:
         metrics.proxy_upstream_latency.observe((service_id,), time.perf_counter() - start)
@@ -198,9 +198,7 @@ async def forward(
                 payload = await upstream.read()
             except aiohttp.ClientError as exc:
                 logger.info("proxy %s: service closed mid-response: %r", service_id, exc)
-                raise problems.EdgeError(
-                    502, problems.PROXY_UNREACHABLE, f"service {service_id!r} broke off its answer"
-                ) from None
+                raise ApiError(f"service {service_id!r} broke off its answer", 502, Code.PROXY_UNREACHABLE) from None
             received = len(payload)
             headers = _response_headers(upstream)
             headers.popall("Content-Length", None)
@@ -261,12 +259,10 @@ async def _bridge_websocket(
         )
     except aiohttp.WSServerHandshakeError as exc:
         metrics.proxy_requests.inc((service_id, str(exc.status)))
-        raise problems.EdgeError(
-            502, problems.PROXY_UNREACHABLE, f"service {service_id!r} refused the WebSocket"
-        ) from None
+        raise ApiError(f"service {service_id!r} refused the WebSocket", 502, Code.PROXY_UNREACHABLE) from None
     except aiohttp.ClientError:
         metrics.proxy_requests.inc((service_id, "502"))
-        raise problems.EdgeError(502, problems.PROXY_UNREACHABLE, f"service {service_id!r} did not answer") from None
+        raise ApiError(f"service {service_id!r} did not answer", 502, Code.PROXY_UNREACHABLE) from None
     metrics.proxy_requests.inc((service_id, "101"))
     tally = [0, 0]
     try:
@@ -321,5 +317,5 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         target = resolve(request.app, service_id)
         return await forward(request, service_id, target, _upstream_path(request), f"/proxy/{service_id}")
-    except problems.EdgeError as exc:
-        return problems.as_premd(exc)
+    except ApiError as exc:
+        return as_premd(exc)

@@ -109,6 +109,18 @@ class ErrorResponse(msgspec.Struct, frozen=True, kw_only=True):
     detail: ErrorMessage
 
 
+class OpenAIErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    type: str
+    code: str
+
+
+class OpenAIErrorResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The OpenAI-compatible routes' errors, in OpenAI's shape so that its SDKs show the message."""
+
+    error: OpenAIErrorBody
+
+
 class ValidationIssue(msgspec.Struct, frozen=True, kw_only=True):
     """One problem of an invalid body or query, as FastAPI / pydantic v1 reported it."""
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from common.errors import Code
 from common.settings import Settings
-from gateway import problems
 from gateway.cors import OriginPolicy
+from gateway.errors import ApiError, as_premd
 from gateway.metrics import METRICS
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -56,9 +57,9 @@ def is_state_changing(method: str, path: str, upgrade: str) -> bool:
 def foreign_site(origin: str | None, fetch_site: str | None, policy: OriginPolicy) -> str | None:
     """The refusal code when the browser says the request comes from a site not allowed; None when fine."""
     if origin is not None:
-        return None if policy.allows(origin) else problems.FOREIGN_ORIGIN
+        return None if policy.allows(origin) else Code.FOREIGN_ORIGIN
     if fetch_site == "cross-site":
-        return problems.CROSS_SITE
+        return Code.CROSS_SITE
     return None
 
 
@@ -105,20 +106,18 @@ class Guard:
         token = settings.api_token.encode() if settings.api_token else None
         return cls(policy=policy, token=token, check_host=token is None and not settings.is_exposed())
 
-    def refusal(self, request: web.Request) -> problems.EdgeError | None:
+    def refusal(self, request: web.Request) -> ApiError | None:
         headers = request.headers
         if self.check_host and not is_loopback_host(headers.get("Host", "localhost")):
-            return problems.EdgeError(
-                403, problems.HOST_NOT_ALLOWED, "premd answers only to localhost names without an API token"
-            )
+            return ApiError("premd answers only to localhost names without an API token", 403, Code.HOST_NOT_ALLOWED)
         if is_state_changing(request.method, request.path, headers.get("Upgrade", "")):
             code = foreign_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), self.policy)
             if code is not None:
-                return problems.EdgeError(403, code, "requests that change state are refused from other sites")
+                return ApiError("requests that change state are refused from other sites", 403, code)
         if self.token is not None and not self._authenticated(request):
-            code = problems.AUTH_INVALID if "Authorization" in headers else problems.AUTH_REQUIRED
-            return problems.EdgeError(
-                401, code, "a valid 'Authorization: Bearer <token>' header is required", {"WWW-Authenticate": "Bearer"}
+            code = Code.AUTH_INVALID if "Authorization" in headers else Code.AUTH_REQUIRED
+            return ApiError(
+                "a valid 'Authorization: Bearer <token>' header is required", 401, code, {"WWW-Authenticate": "Bearer"}
             )
         return None
 
@@ -144,6 +143,6 @@ GUARD = web.AppKey("security_guard", Guard)
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     refused = request.app[GUARD].refusal(request)
     if refused is not None:
-        request.app[METRICS].refused.inc((refused.code,))
-        return problems.as_premd(refused)
+        request.app[METRICS].refused.inc((refused.code or "",))
+        return as_premd(refused)
     return await handler(request)
