@@ -1,4 +1,4 @@
-"""The Prem Registry manifest format (reference: prem-daemon.md section 5.3), as msgspec types.
+"""The Prem Registry manifest format (docs/architecture.md, "Validation"), as msgspec types.
 
 Field names stay camelCase on the wire, exactly as registries write them.
 """

@@ -1,4 +1,4 @@
-"""premd's HTTP JSON shapes (reference: prem-daemon.md section 2.4), as msgspec Structs.
+"""premd's HTTP JSON shapes (docs/http-api.md), as msgspec Structs.
 
 Key order is the order premd (FastAPI response models) emitted them in; nullable fields are always
 present. Stats shapes are the scheduler's replies, passed through: see common.messages.

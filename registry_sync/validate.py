@@ -85,7 +85,7 @@ def check_entry(item: object, origin: str, required: Collection[str]) -> Catalog
     """One manifest as a catalog entry, or EntryError naming the field at fault.
 
     Docker services (no ``serviceType``, or ``"docker"``) need DOCKER_REQUIRED. Desktop-only binary services
-    are kept without them: the catalog lists them as unsupported, as premd should have (its quirk 11).
+    are kept without them: the catalog lists them as unsupported, where premd answered the whole listing with a 500.
     """
     if not isinstance(item, dict):
         raise EntryError("", f"expected a JSON object, got {_json_type(item)}")

@@ -1,6 +1,6 @@
 """Is a started service ready? Probes on its published port, and the wait loop with a deadline.
 
-Rule (documented in docs/scheduler.md):
+Rule (also in docs/architecture.md, "Starting a service"):
 - HTTP services: ``GET /v1/`` answers 2xx, or 400 as Prem App accepts. A peer that accepts the
   connection and answers something that is not HTTP is a non-HTTP service that is up: ready.
 - ``skipHealthCheck`` manifests and vector stores (redis, postgres, qdrant, weaviate: native protocols,

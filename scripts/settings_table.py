@@ -1,7 +1,7 @@
-"""Print (or, with --write README.md, refresh) the README's configuration table from common/settings.py.
+"""Print (or, with --write, refresh) the settings table of docs/operations.md from common/settings.py.
 
-The Settings class is the one place settings are defined; the README table is generated from it and a
-unit test checks the two agree.
+The Settings class is the one place settings are defined; the table is generated from it and a unit test
+checks the two agree. ``python -m scripts.settings_table --write`` rewrites docs/operations.md.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from common.settings import Settings, env_name
 
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
+OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
 
 def _docstrings() -> dict[str, str]:
@@ -50,6 +51,8 @@ def table() -> str:
 def refresh(readme: Path) -> bool:
     """Rewrite the table between the markers; True if the file changed."""
     text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers (the table lives in {OPERATIONS})")
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     new = f"{head}{BEGIN}\n{table()}\n{END}{tail}"
@@ -60,6 +63,6 @@ def refresh(readme: Path) -> bool:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--write"]:
-        refresh(Path(sys.argv[2]))
+        refresh(Path(sys.argv[2]) if len(sys.argv) > 2 else OPERATIONS)
     else:
         print(table())
