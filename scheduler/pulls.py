@@ -1,7 +1,8 @@
 """Image pulls: one pull per image however many clients ask, with bytes-weighted monotonic progress events.
 
 Order: ``downloaded`` is true in KV before the "succeeded" event (status "Download complete") is published,
-because Prem App reloads the listing when it sees that status. A failed pull ends with a "failed" event, never "Download complete".
+because Prem App reloads the listing when it sees that status. A failed pull ends with a "failed" event,
+never "Download complete".
 """
 
 from __future__ import annotations
