@@ -52,6 +52,35 @@ class Code(StrEnum):
     BODY_INVALID = "request.invalid"
     MODEL_NOT_FOUND = "model_not_found"
 
+    # --- packages: validation (builder/package; HTTP status per code in PACKAGE_HTTP_STATUS) ---
+    PACKAGE_NOT_MULTIPART = "package.not_multipart"
+    PACKAGE_NO_FILE = "package.no_file"
+    PACKAGE_TOO_LARGE = "package.too_large"
+    PACKAGE_TOO_MANY_ENTRIES = "package.too_many_entries"
+    PACKAGE_ZIP_BOMB = "package.zip_bomb"
+    PACKAGE_NOT_ZIP = "package.not_zip"
+    PACKAGE_TRUNCATED = "package.truncated"
+    PACKAGE_CORRUPT = "package.corrupt"
+    PACKAGE_UNSUPPORTED_ZIP = "package.unsupported_zip"
+    PACKAGE_UNSAFE_PATH = "package.unsafe_path"
+    PACKAGE_SYMLINK = "package.symlink"
+    PACKAGE_DUPLICATE_ENTRY = "package.duplicate_entry"
+    PACKAGE_OS_METADATA = "package.os_metadata"
+    PACKAGE_NO_CONFIG = "package.no_config"
+    PACKAGE_YAML_SYNTAX = "package.yaml_syntax"
+    PACKAGE_CONFIG_INVALID = "package.config_invalid"
+    PACKAGE_BAD_NAME = "package.bad_name"
+    PACKAGE_BAD_MODEL = "package.bad_model"
+    PACKAGE_UNPINNED = "package.unpinned"
+    PACKAGE_BAD_REQUIREMENTS = "package.bad_requirements"
+    PACKAGE_UNKNOWN_ARCHITECTURE = "package.unknown_architecture"
+    PACKAGE_PYTHON_INCOMPATIBLE = "package.python_incompatible"
+    PACKAGE_CUDA_INCOMPATIBLE = "package.cuda_incompatible"
+    PACKAGE_ID_MISMATCH = "package.id_mismatch"
+    # --- packages: image build (builder/image) ---
+    BUILD_NO_BASE_IMAGE = "build.no_base_image"
+    BUILD_WHEELHOUSE_FAILED = "build.wheelhouse_failed"
+
 
 class AppError(Exception):
     """Root of premd's errors: a stable code and a message meant for people."""
@@ -132,6 +161,41 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.DOCKER_UNAVAILABLE: UnavailableError,
     Code.DOCKER_ERROR: InternalError,
     Code.OPERATION_NOT_FOUND: NotFoundError,
+    # --- packages: validation / image build ---
+    **{code: InvalidError for code in Code if code.startswith("package.")},
+    Code.BUILD_NO_BASE_IMAGE: ConflictError,
+    Code.BUILD_WHEELHOUSE_FAILED: ConflictError,
+}
+
+
+# --- packages: validation ---
+# The HTTP status the gateway answers for each package code: 413 when a size limit was hit, 400 when the upload
+# is not a usable zip, 422 when the zip is fine but what it holds (jid.yaml, the model, the pins) is not.
+PACKAGE_HTTP_STATUS: dict[str, int] = {
+    Code.PACKAGE_NOT_MULTIPART: 415,
+    Code.PACKAGE_NO_FILE: 400,
+    Code.PACKAGE_TOO_LARGE: 413,
+    Code.PACKAGE_TOO_MANY_ENTRIES: 413,
+    Code.PACKAGE_ZIP_BOMB: 413,
+    Code.PACKAGE_NOT_ZIP: 400,
+    Code.PACKAGE_TRUNCATED: 400,
+    Code.PACKAGE_CORRUPT: 400,
+    Code.PACKAGE_UNSUPPORTED_ZIP: 400,
+    Code.PACKAGE_UNSAFE_PATH: 400,
+    Code.PACKAGE_SYMLINK: 400,
+    Code.PACKAGE_DUPLICATE_ENTRY: 400,
+    Code.PACKAGE_OS_METADATA: 400,
+    Code.PACKAGE_NO_CONFIG: 422,
+    Code.PACKAGE_YAML_SYNTAX: 422,
+    Code.PACKAGE_CONFIG_INVALID: 422,
+    Code.PACKAGE_BAD_NAME: 422,
+    Code.PACKAGE_BAD_MODEL: 422,
+    Code.PACKAGE_UNPINNED: 422,
+    Code.PACKAGE_BAD_REQUIREMENTS: 422,
+    Code.PACKAGE_UNKNOWN_ARCHITECTURE: 422,
+    Code.PACKAGE_PYTHON_INCOMPATIBLE: 422,
+    Code.PACKAGE_CUDA_INCOMPATIBLE: 422,
+    Code.PACKAGE_ID_MISMATCH: 422,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -29,6 +30,28 @@ DEFAULT_CORS_ORIGINS = (
     "http://127.0.0.1",
     "http://127.0.0.1:*",
 )
+
+
+# --- packages: base images ---
+# Public images with nothing but Python: the build brings its own installer (pip as a wheel), so any works.
+DEFAULT_BASE_IMAGES = ("3.11=python:3.11-slim", "3.12=python:3.12-slim")
+_BASE_IMAGE_KEY = re.compile(r"^3\.\d{1,2}(\+cu\d{1,2}\.\d{1,2}(\+cudnn\d{1,2})?)?$")
+
+
+def parse_base_images(entries: tuple[str, ...]) -> dict[str, str]:
+    """``("3.11=python:3.11-slim", "3.11+cu12.1=...")`` as a mapping; ValueError naming a malformed entry."""
+    images: dict[str, str] = {}
+    for entry in entries:
+        key, sep, image = (part.strip() for part in entry.partition("="))
+        if not sep or not image or not _BASE_IMAGE_KEY.match(key):
+            raise ValueError(
+                f"{entry!r} is not <python>=<image> or <python>+cu<cuda>[+cudnn<n>]=<image>"
+                " (e.g. 3.11=python:3.11-slim or 3.11+cu12.1=<image with CUDA 12.1 and Python 3.11>)"
+            )
+        if key in images:
+            raise ValueError(f"{key} is given twice")
+        images[key] = image
+    return images
 
 
 def _default_data_dir() -> str:
@@ -90,6 +113,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     """Python logging level name."""
 
+    # --- packages: limits (checked while the upload streams and again while the zip is read) ---
+    package_max_upload_bytes: PositiveInt = 1024 * 1024 * 1024
+    """Largest package zip accepted by `POST /v1/packages/upload` (HTTP 413 beyond it)."""
+    package_max_uncompressed_bytes: PositiveInt = 4 * 1024 * 1024 * 1024
+    """Largest total size of a package's files once decompressed (counted while decompressing)."""
+    package_max_entries: PositiveInt = 10000
+    """Most entries (files and folders) a package zip may hold."""
+    package_max_ratio: PositiveInt = 200
+    """Largest decompressed/compressed size ratio of one zip entry over 1 MiB (zip bomb guard)."""
+
+    # --- packages: base images ---
+    builder_base_images: tuple[str, ...] = DEFAULT_BASE_IMAGES
+    """Comma-separated `<python>=<image>` (CPU) and `<python>+cu<cuda>[+cudnn<n>]=<image>` (GPU) base images."""
+
     def is_exposed(self) -> bool:
         """True when the gateway would listen on something other than loopback."""
         if self.host in ("localhost", ""):
@@ -116,6 +153,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 "PREMD_LOG_LEVEL", f"unknown level {self.log_level!r} (use one of {', '.join(_LOG_LEVELS)})"
             )
+        # --- packages: base images ---
+        try:
+            parse_base_images(self.builder_base_images)
+        except ValueError as exc:
+            raise SettingsError("PREMD_BUILDER_BASE_IMAGES", str(exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
