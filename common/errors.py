@@ -51,6 +51,9 @@ class Code(StrEnum):
     BODY_TOO_LARGE = "request.too_large"
     BODY_INVALID = "request.invalid"
     MODEL_NOT_FOUND = "model_not_found"
+    # OpenAI clients (issue 15)
+    MODEL_NOT_DOWNLOADED = "model_not_downloaded"
+    KEEP_ALIVE_INVALID = "request.keep_alive_invalid"
 
     # --- packages: validation (builder/package; HTTP status per code in PACKAGE_HTTP_STATUS) ---
     PACKAGE_NOT_MULTIPART = "package.not_multipart"

@@ -184,10 +184,19 @@ class StartService(Message, frozen=True):
     """Skip the memory / GPU / disk fit checks."""
     operation_id: str | None = None
     """Idempotency: the same id twice is one operation."""
+    # -- idle stop (issue 15)
+    on_demand: bool = False
+    """Started for a request (the gateway's autostart): the gateway may stop it when idle. A start without
+    it (a user's) makes the service the user's again: never stopped for idleness."""
 
 
 class StopService(Message, frozen=True):
     service_id: ServiceId
+    # -- idle stop (issue 15)
+    only_on_demand: bool = False
+    """Refused (state.conflict, nothing changed) unless the service runs because it was started on demand."""
+    reason: str = ""
+    """Why it is stopped (shown in the stop's event status), e.g. "idle for 300 s"."""
 
 
 class RestartService(Message, frozen=True):
@@ -269,6 +278,9 @@ class DesiredState(Message, frozen=True):
     operation_id: str
     force: bool = False
     updated_at: float = 0.0
+    # -- idle stop (issue 15)
+    on_demand: bool = False
+    """It runs because a request started it (StartService.on_demand); the gateway stops it when idle."""
 
 
 class GpuPlacement(Message, frozen=True):

@@ -112,6 +112,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest body the OpenAI-compatible routes read to find ``model`` (audio uploads included)."""
     log_level: str = "INFO"
     """Python logging level name."""
+    # -- OpenAI clients: idle stop (issue 15)
+    idle_stop_s: float = 300.0
+    """A service autostarted for a request is stopped after this many seconds without requests (0: as soon as
+    the last one ends; negative: never). Per request: header ``X-Premd-Keep-Alive``."""
 
     # --- packages: limits (checked while the upload streams and again while the zip is read) ---
     package_max_upload_bytes: PositiveInt = 1024 * 1024 * 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import cors, metrics, openai, openapi, proxy, security
+from gateway import cors, idle, metrics, openai, openapi, proxy, security
 from gateway.keys import SETTINGS
 
 
@@ -28,5 +28,6 @@ def install(app: web.Application) -> None:
     app.cleanup_ctx.append(metrics.operations_ctx)
     app.add_routes(proxy.routes)
     app.add_routes(openai.routes)
+    idle.install(app)  # the idle stop of services started on demand (OpenAI routes, issue 15)
     app.add_routes(openapi.routes)
     app.add_routes(metrics.routes)

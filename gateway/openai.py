@@ -1,31 +1,32 @@
 """OpenAI-compatible routes: the ``model`` field names a service, the request goes to it unchanged.
 
 The body is read once (bounded by ``openai_max_body_bytes``); only ``model`` is decoded, and the original
-bytes are forwarded to the same path on the service through the proxy, so the answer streams back as the
-service produces it. For ``/v1/audio/transcriptions`` (multipart) ``model`` is the ``model`` query parameter
-(what prem-services read) or else the form field (what Prem App sends): the upload is buffered, within the
-same bound, to find it. ``GET /v1/models`` lists ready services.
+bytes are forwarded to the same path on the service through the proxy (``_forward``: the one place that
+forwards), so the answer streams back as the service produces it. For ``/v1/audio/transcriptions``
+(multipart) ``model`` is the ``model`` query parameter (what prem-services read) or else the form field
+(what Prem App sends): the upload is buffered, within the same bound, to find it.
 
-With ``PREMD_AUTOSTART``, a request for a stopped service starts it and is held until it is ready, for at
-most ``PREMD_AUTOSTART_WAIT_S`` (then 503 with ``Retry-After``).
+Which service and whether to start it: ``gateway/autostart.py``; what ``GET /v1/models`` lists:
+``gateway/openai_models.py``; the idle stop of services started on demand: ``gateway/idle.py``. Every
+refusal on these routes is in OpenAI's error shape.
 """
 
 from __future__ import annotations
 
 import email.message
 import re
-import time
 
 import msgspec
 from aiohttp import web
 
-from common import bus, subjects
-from common.errors import AppError, Code, ConflictError, FitError, InvalidError, NotFoundError, UnavailableError
-from common.messages import OperationAccepted, ServiceState, StartService
+from common.errors import Code
 from gateway import proxy
 from gateway.apidoc import documented
+from gateway.autostart import check_present, shown, target_of
 from gateway.errors import ApiError, as_openai, openai_error
-from gateway.keys import NC, SETTINGS, VIEW
+from gateway.idle import IDLE, keep_alive_of
+from gateway.keys import SETTINGS, VIEW
+from gateway.openai_models import ModelCard, ModelList, model_list, one_model
 
 FORWARDED_PATHS = (
     "/v1/chat/completions",
@@ -44,18 +45,6 @@ class _ModelOnly(msgspec.Struct):
 
 
 _decode_model = msgspec.json.Decoder(_ModelOnly).decode
-
-
-class ModelCard(msgspec.Struct, frozen=True):
-    id: str
-    created: int
-    object: str = "model"
-    owned_by: str = "premd"
-
-
-class ModelList(msgspec.Struct, frozen=True):
-    data: list[ModelCard]
-    object: str = "list"
 
 
 class ModelRequest(msgspec.Struct, frozen=True):
@@ -118,78 +107,17 @@ def model_of(request: web.Request, body: bytes) -> str:
         raise ApiError("the body is not valid JSON", 400, Code.BODY_INVALID) from None
 
 
-def _status_of(exc: AppError) -> int:
-    for kind, status in ((NotFoundError, 404), (InvalidError, 400), (ConflictError, 409), (FitError, 409)):
-        if isinstance(exc, kind):
-            return status
-    return 503 if isinstance(exc, UnavailableError) else 500
-
-
-async def _start_and_wait(app: web.Application, service_id: str) -> None:
-    """Ask the scheduler to start the service, then hold until it is ready, failed, or the wait is over."""
-    settings, view = app[SETTINGS], app[VIEW]
-    current = view.state(service_id)
-    operation_id = current.operation_id if current is not None and current.phase == "starting" else None
-    asked_at = time.time()
-    if operation_id is None:
-        try:
-            accepted = await bus.request(
-                app[NC],
-                subjects.SCHEDULER_START,
-                StartService(service_id=service_id),
-                OperationAccepted,
-                timeout=settings.request_timeout_s,
-            )
-        except AppError as exc:
-            status = _status_of(exc)
-            message = exc.message if status < 500 else "the service could not be started"
-            raise ApiError(message, status, exc.code) from None
-        operation_id = accepted.operation_id
-
-    def settled(values: dict[str, ServiceState]) -> bool:
-        state = values.get(service_id)
-        if state is None:
-            return False
-        if state.phase == "ready" and state.host_port:
-            return True
-        ours = state.operation_id == operation_id or state.updated_at >= asked_at
-        return ours and state.phase in ("failed", "crashloop", "stopped")
-
-    try:
-        await view.observed.wait_for(settled, timeout=settings.autostart_wait_s)
-    except TimeoutError:
-        raise ApiError(
-            f"service {service_id!r} is still starting",
-            503,
-            Code.SERVICE_NOT_READY,
-            {"Retry-After": proxy.RETRY_AFTER_S},
-        ) from None
-
-
-async def target_of(app: web.Application, service_id: str) -> str:
-    """Where to send a request for ``service_id``, starting the service first when autostart is on."""
-    try:
-        return proxy.resolve(app, service_id)
-    except ApiError as exc:
-        if not app[SETTINGS].autostart or exc.status not in (409, 503):
-            raise
-    await _start_and_wait(app, service_id)
-    return proxy.resolve(app, service_id)
-
-
 async def _forward(request: web.Request) -> web.StreamResponse:
+    app = request.app
     try:
-        body = await read_body(request, request.app[SETTINGS].openai_max_body_bytes)
+        keep_alive = keep_alive_of(request)
+        body = await read_body(request, app[SETTINGS].openai_max_body_bytes)
         model = model_of(request, body)
-        try:
-            target = await target_of(request.app, model)
-        except ApiError as exc:
-            if exc.status == 404:
-                shown = model if len(model) <= 128 else model[:128] + "..."
-                raise ApiError(f"The model {shown!r} does not exist", 404, Code.MODEL_NOT_FOUND) from None
-            raise
-        path_qs = request.rel_url.raw_path + proxy.forwarded_query(request)
-        return await proxy.forward(request, model, target, path_qs, prefix="", body=body)
+        # Activity from now (the wait for an autostart included) until the answer's last byte.
+        with app[IDLE].active(model, keep_alive):
+            target = await target_of(app, model)
+            path_qs = request.rel_url.raw_path + proxy.forwarded_query(request)
+            return await proxy.forward(request, model, target, path_qs, prefix="", body=body)
     except ApiError as exc:
         return as_openai(exc)
 
@@ -224,23 +152,35 @@ for _path in FORWARDED_PATHS:
 
 
 @routes.get("/v1/models")
-@documented("OpenAI-compatible: the services ready to take requests", response=ModelList, tags=("openai",))
+@documented(
+    "OpenAI-compatible: the models a client may use. Autostart on: every downloaded, supported service "
+    "(running or not); off: the ready ones. Each card has premd's extension object 'premd'.",
+    response=ModelList,
+    tags=("openai",),
+)
 async def models(request: web.Request) -> web.Response:
-    states = request.app[VIEW].observed.values.values()
-    cards = [_card(state) for state in sorted(states, key=lambda s: s.service_id) if state.phase == "ready"]
-    return web.Response(body=msgspec.json.encode(ModelList(data=cards)), content_type="application/json")
+    listing = model_list(request.app[VIEW], request.app[SETTINGS].autostart)
+    return web.Response(body=msgspec.json.encode(listing), content_type="application/json")
 
 
 @routes.get("/v1/models/{model}")
 @documented(
-    "OpenAI-compatible: one ready service", response=ModelCard, tags=("openai",), errors={404: "not ready or unknown"}
+    "OpenAI-compatible: one model, as listed by GET /v1/models",
+    response=ModelCard,
+    tags=("openai",),
+    errors={404: "unknown, not downloaded, or (autostart off) not running"},
 )
 async def model(request: web.Request) -> web.Response:
-    state = request.app[VIEW].state(request.match_info["model"])
-    if state is None or state.phase != "ready":
-        return openai_error(404, Code.MODEL_NOT_FOUND, "The model does not exist or is not running")
-    return web.Response(body=msgspec.json.encode(_card(state)), content_type="application/json")
-
-
-def _card(state: ServiceState) -> ModelCard:
-    return ModelCard(id=state.service_id, created=int(state.updated_at))
+    app, model_id = request.app, request.match_info["model"]
+    found = one_model(app[VIEW], model_id, app[SETTINGS].autostart)
+    if found is not None:
+        return web.Response(body=msgspec.json.encode(found), content_type="application/json")
+    try:
+        check_present(app, model_id)
+    except ApiError as exc:  # unknown, not downloaded, or still downloading: not a model (yet)
+        code = exc.code if exc.status == 404 and exc.code else Code.MODEL_NOT_DOWNLOADED
+        return openai_error(404, code, exc.message)
+    message = f"The model {shown(model_id)} is not running: start it (POST /v1/run-service/) or set PREMD_AUTOSTART=1."
+    if app[SETTINGS].autostart:
+        message = f"The model {shown(model_id)} is not supported on this machine."
+    return openai_error(404, Code.MODEL_NOT_FOUND, message)

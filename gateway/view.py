@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from common import subjects
 from common.catalog import CatalogView
 from common.jetstream import KVMirror, kv_bucket
-from common.messages import HostFacts, ServiceState
+from common.messages import DesiredState, HostFacts, ServiceState
 
 
 class GatewayView:
@@ -19,6 +19,7 @@ class GatewayView:
         self.catalog = CatalogView(js)
         self._observed: KVMirror[ServiceState] | None = None
         self._host: KVMirror[HostFacts] | None = None
+        self._desired: KVMirror[DesiredState] | None = None
 
     async def start(self) -> None:
         await self.catalog.start()
@@ -26,10 +27,14 @@ class GatewayView:
         self._host = KVMirror(await kv_bucket(self.js, subjects.KV_HOST), HostFacts)
         await self._observed.start()
         await self._host.start()
+        # What each service was asked to do and by whom (the idle stop needs "started on demand").
+        desired_kv = await kv_bucket(self.js, subjects.KV_DESIRED)
+        self._desired = KVMirror(desired_kv, DesiredState, decode_key=lambda key: not key.startswith("_"))
+        await self._desired.start()
 
     async def stop(self) -> None:
         await self.catalog.stop()
-        for mirror in (self._observed, self._host):
+        for mirror in (self._observed, self._host, self._desired):
             if mirror is not None:
                 await mirror.stop()
 
@@ -45,3 +50,8 @@ class GatewayView:
     def host(self) -> HostFacts | None:
         assert self._host is not None
         return self._host.values.get(subjects.HOST_FACTS_KEY)
+
+    @property
+    def desired(self) -> KVMirror[DesiredState]:
+        assert self._desired is not None
+        return self._desired

@@ -182,7 +182,7 @@ class Scheduler(ServiceComponent):
         return await self.ops.start(cmd)
 
     async def _stop(self, cmd: StopService) -> ServiceStopped:
-        return await self.ops.stop(cmd.service_id)
+        return await self.ops.stop(cmd.service_id, only_on_demand=cmd.only_on_demand, reason=cmd.reason)
 
     async def _restart(self, cmd: RestartService) -> OperationAccepted:
         return await self.ops.restart(cmd.service_id)

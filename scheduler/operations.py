@@ -69,14 +69,14 @@ class Operations:
             key, OperationAccepted(operation_id=op.id, service_id=service_id, kind=op.kind, joined=True)
         )
 
-    async def _record(self, op: Op, *, force: bool = False) -> DesiredState:
+    async def _record(self, op: Op, *, force: bool = False, on_demand: bool = False) -> DesiredState:
         """Register the operation (reconcile keeps off the service from now on), then record desired state.
 
         Nothing may be awaited between the caller's last ``_joined`` check and this call.
         """
         self._register(op)
         try:
-            desired = await self.d.desired.set(op.service_id, True, op.id, force=force)
+            desired = await self.d.desired.set(op.service_id, True, op.id, force=force, on_demand=on_demand)
             if self._ops.get(op.service_id) is not op:  # a stop took the service over meanwhile
                 raise ConflictError(Code.STATE_CONFLICT, f"Service {op.service_id} is stopping.")
         except BaseException:
@@ -162,26 +162,31 @@ class Operations:
         manifest = self.manifest(sid)
         image, gpu = self.image_for(manifest)
         if (joined := self._joined(sid, key)) is not None:
-            return joined
+            return await self._joined_by(cmd, joined)
         state = self.d.observed.state(sid)
         if state.running and state.container_id:
             desired_now = self.d.desired.get(sid)
             previous = state.operation_id or (desired_now.operation_id if desired_now is not None else "")
-            return self._remember(
-                key, OperationAccepted(operation_id=previous, service_id=sid, kind="start", joined=True)
-            )
+            running = OperationAccepted(operation_id=previous, service_id=sid, kind="start", joined=True)
+            return await self._joined_by(cmd, self._remember(key, running))
         ref = await self.local_image(sid, image.image)
         if (joined := self._joined(sid, key)) is not None:  # an operation began while Docker was asked
-            return joined
+            return await self._joined_by(cmd, joined)
         facts = self.d.facts()
         if facts is not None and not cmd.force:
             check_memory(manifest, facts)
         gpus = self.place(manifest, gpu, cmd.force)
         op = Op(key or new_operation_id(), "start", sid)
         self.backoff.pop(sid, None)  # a start asked for by a user begins a fresh crash count
-        desired = await self._record(op, force=cmd.force)
+        desired = await self._record(op, force=cmd.force, on_demand=cmd.on_demand)
         self._spawn(op, StartPlan(manifest, ref, gpus, desired.generation), "start")
         return self._remember(key, OperationAccepted(operation_id=op.id, service_id=sid, kind="start"))
+
+    async def _joined_by(self, cmd: StartService, joined: OperationAccepted) -> OperationAccepted:
+        """A user's start of a service running (or starting) on demand makes it the user's: no idle stop."""
+        if not cmd.on_demand:
+            await self.d.desired.claim(cmd.service_id)
+        return joined
 
     async def restart(self, service_id: str) -> OperationAccepted:
         """Restart in place when the running container already runs the image to use, else recreate it."""
@@ -207,20 +212,26 @@ class Operations:
         self._spawn(op, StartPlan(manifest, ref, gpus, desired.generation, in_place=in_place), "restart")
         return OperationAccepted(operation_id=op.id, service_id=service_id, kind="restart")
 
-    async def stop(self, service_id: str) -> ServiceStopped:
-        """Synchronous: replies once the containers are gone and KV says stopped."""
+    async def stop(self, service_id: str, *, only_on_demand: bool = False, reason: str = "") -> ServiceStopped:
+        """Synchronous: replies once the containers are gone and KV says stopped.
+
+        ``only_on_demand`` (the gateway's idle stop): refused unless the service runs because a request
+        started it and no operation is in flight; checked with no await before the stop takes the service.
+        """
         lock = self._stop_locks.setdefault(service_id, asyncio.Lock())
         async with lock:
             op = Op(new_operation_id(), "stop", service_id)
             previous = self._ops.get(service_id)
+            if only_on_demand:
+                check_idle_stop(service_id, self.d.desired.on_demand(service_id), previous)
             self._register(op)  # first: from now on a start is refused and reconcile keeps off
             try:
-                await self._stop_registered(op, previous)
+                await self._stop_registered(op, previous, reason or "stopped")
             finally:
                 self._finish(op)
         return ServiceStopped(service_id=service_id, message=f"Service {service_id} stopped successfully.")
 
-    async def _stop_registered(self, op: Op, previous: Op | None) -> None:
+    async def _stop_registered(self, op: Op, previous: Op | None, status: str = "stopped") -> None:
         sid = op.service_id
         interrupted = await self._cancel(previous)
         found = await self.containers_of(sid)
@@ -240,7 +251,7 @@ class Operations:
             gpus=[],
             operation_id=op.id,
         )
-        await self.d.events.publish(op.id, sid, op.kind, "succeeded", phase="stopped", status="stopped")
+        await self.d.events.publish(op.id, sid, op.kind, "succeeded", phase="stopped", status=status)
 
     async def _cancel(self, op: Op | None) -> bool:
         """End the operation a stop takes over (True when there was one); its task, if any, is cancelled."""
@@ -308,3 +319,11 @@ class Operations:
         op = Op(new_operation_id(), "reconcile", service_id)
         self._register(op)
         op.task = self.d.tasks.spawn(self._starter.run_watch(op, entry.manifest, container), f"watch {service_id}")
+
+
+def check_idle_stop(service_id: str, on_demand: bool, in_flight: Op | None) -> None:
+    """An idle stop applies only to a service started on demand, with no operation on it (issue 15)."""
+    if not on_demand:
+        raise ConflictError(Code.STATE_CONFLICT, f"Service {service_id} was not started on demand: not stopped.")
+    if in_flight is not None:
+        raise ConflictError(Code.STATE_CONFLICT, f"Service {service_id} has a {in_flight.kind} in flight: not stopped.")

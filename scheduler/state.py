@@ -114,7 +114,9 @@ class DesiredStore(CachedKV[DesiredState]):
         desired = self.get(service_id)
         return desired is not None and desired.running
 
-    async def set(self, service_id: str, running: bool, operation_id: str, *, force: bool = False) -> DesiredState:
+    async def set(
+        self, service_id: str, running: bool, operation_id: str, *, force: bool = False, on_demand: bool = False
+    ) -> DesiredState:
         """Record intent; a start bumps the generation (labelled on the container it makes)."""
 
         def apply(current: DesiredState | None) -> DesiredState:
@@ -126,9 +128,27 @@ class DesiredStore(CachedKV[DesiredState]):
                 operation_id=operation_id,
                 force=force,
                 updated_at=time.time(),
+                on_demand=on_demand and running,
             )
 
         return await self.update(service_id, apply)
+
+    # -- idle stop (issue 15)
+
+    def on_demand(self, service_id: str) -> bool:
+        """It should run, and only because a request started it."""
+        desired = self.get(service_id)
+        return desired is not None and desired.running and desired.on_demand
+
+    async def claim(self, service_id: str) -> None:
+        """A user asked for a service that runs on demand: it is the user's now (same container, same generation)."""
+
+        def apply(current: DesiredState | None) -> DesiredState:
+            assert current is not None  # only called when on_demand() was true
+            return msgspec.structs.replace(current, on_demand=False, updated_at=time.time())
+
+        if self.on_demand(service_id):
+            await self.update(service_id, apply)
 
 
 async def instance_id(kv: KeyValue) -> str:

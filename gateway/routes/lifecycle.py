@@ -87,6 +87,11 @@ async def run_service(request: web.Request) -> web.Response:
     require_service(request, service_id)
     state = request.app[VIEW].state(service_id)
     if state is not None and _running(state):
+        desired = request.app[VIEW].desired.values.get(service_id)
+        if desired is not None and desired.on_demand:
+            # Autostarted for a request: a user's start makes it the user's (never stopped when idle).
+            prefix = f"Failed to create container for {service_id}: "
+            await ask(request, subjects.SCHEDULER_START, StartService(service_id=service_id), OperationAccepted, prefix)
         return _message(f"Service already running on port {state.host_port}.")
     command = StartService(service_id=service_id)
     port = await _start(request, service_id, command, f"Failed to create container for {service_id}: ")

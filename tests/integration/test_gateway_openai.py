@@ -7,13 +7,11 @@ import time
 import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from openapi_spec_validator import validate
 
 from common import subjects
-from common.jetstream import kv_bucket
-from common.messages import OperationAccepted, OperationEvent, ServiceState, StartService
+from common.messages import OperationEvent
 from common.settings import Settings
 from tests.integration.edge_support import Client, gateway, new_sid, put_service, seen
 from tests.testbed.sse import iter_sse
@@ -94,69 +92,6 @@ async def test_models_lists_ready_services(edge: tuple[Client, str], js: JetStre
         assert (await resp.json())["id"] == sid
     async with client.get(f"/v1/models/{stopped}") as resp:
         assert resp.status == 404
-
-
-async def test_autostart_starts_the_service_and_holds_the_request(
-    settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int
-) -> None:
-    sid = new_sid()
-    observed = await kv_bucket(js, subjects.KV_OBSERVED)
-    starts: list[StartService] = []
-
-    async def fake_scheduler(msg: Msg) -> None:
-        command = msgspec.json.decode(msg.data, type=StartService)
-        starts.append(command)
-        await msg.respond(msgspec.json.encode(OperationAccepted(operation_id="op-1", service_id=sid, kind="start")))
-        for phase in ("starting", "ready"):
-            state = ServiceState(
-                service_id=sid,
-                phase=phase,
-                host_port=ref_port if phase == "ready" else None,
-                operation_id="op-1",
-                updated_at=time.time(),
-            )
-            await observed.put(sid, msgspec.json.encode(state))
-
-    sub = await nc.subscribe(subjects.SCHEDULER_START, cb=fake_scheduler)
-    try:
-        on = msgspec.structs.replace(settings, autostart=True, autostart_wait_s=10.0)
-        async with gateway(on, nc) as client:
-            await put_service(js, sid, phase="stopped")
-            await seen(client, sid, "stopped")
-            async with client.post("/v1/embeddings", json={"model": sid, "input": "hi"}) as resp:
-                assert resp.status == 200, await resp.text()
-                assert (await resp.json())["model"] == sid
-        assert [s.service_id for s in starts] == [sid]
-    finally:
-        await sub.unsubscribe()
-
-    # Without autostart the same request is refused with the reason.
-    other = new_sid()
-    async with gateway(settings, nc) as client:
-        await put_service(js, other, phase="stopped")
-        await seen(client, other, "stopped")
-        async with client.post("/v1/embeddings", json={"model": other, "input": "hi"}) as resp:
-            assert resp.status == 409
-
-
-async def test_autostart_wait_is_bounded(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
-    sid = new_sid()
-
-    async def slow_scheduler(msg: Msg) -> None:  # accepts, never gets ready
-        await msg.respond(msgspec.json.encode(OperationAccepted(operation_id="op-2", service_id=sid, kind="start")))
-
-    sub = await nc.subscribe(subjects.SCHEDULER_START, cb=slow_scheduler)
-    try:
-        on = msgspec.structs.replace(settings, autostart=True, autostart_wait_s=0.3)
-        async with gateway(on, nc) as client:
-            await put_service(js, sid, phase="stopped")
-            await seen(client, sid, "stopped")
-            async with client.post("/v1/chat/completions", json={"model": sid}) as resp:
-                assert resp.status == 503
-                assert resp.headers["Retry-After"]
-                assert (await resp.json())["error"]["code"] == "service.not_ready"
-    finally:
-        await sub.unsubscribe()
 
 
 # ---------------------------------------------------------------- OpenAPI and docs
