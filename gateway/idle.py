@@ -49,8 +49,8 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def keep_alive_seconds(value: float) -> float:
-    """A setting or header value in seconds: negative means never (``NEVER``)."""
-    return NEVER if value < 0 else value
+    """A setting or header value in seconds: negative (or NaN, from a setting) means never (``NEVER``)."""
+    return value if value >= 0 else NEVER
 
 
 def parse_keep_alive(text: str) -> float:

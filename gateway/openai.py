@@ -181,6 +181,6 @@ async def model(request: web.Request) -> web.Response:
         code = exc.code if exc.status == 404 and exc.code else Code.MODEL_NOT_DOWNLOADED
         return openai_error(404, code, exc.message)
     message = f"The model {shown(model_id)} is not running: start it (POST /v1/run-service/) or set PREMD_AUTOSTART=1."
-    if app[SETTINGS].autostart:
-        message = f"The model {shown(model_id)} is not supported on this machine."
+    if app[SETTINGS].autostart:  # downloaded, not running, and either gone from the catalog or not for this machine
+        message = f"The model {shown(model_id)} cannot run on this machine (no image for it in the catalog)."
     return openai_error(404, Code.MODEL_NOT_FOUND, message)

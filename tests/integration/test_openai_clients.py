@@ -252,6 +252,16 @@ async def test_idle_stop_stops_only_services_started_on_demand(
         await wait_until(stopped_again, deadline_s=DEADLINE_S, interval=0, what="idle stop after keep-alive 0")
         await events.close()
 
+        # Back to back, each request lands before, during or after the idle stop the previous one caused:
+        # each is answered (one arriving during the stop waits for it, then starts the service again).
+        for _ in range(3):
+            reply = await api.chat.completions.create(
+                model=demanded,
+                messages=[{"role": "user", "content": "again"}],
+                extra_headers={"X-Premd-Keep-Alive": "0"},
+            )
+            assert reply.choices[0].message.content
+
 
 async def test_scheduler_refuses_an_idle_stop_of_a_users_service(
     settings: Settings, nc: NATS, js: JetStreamContext, ref_image: str, service_ids: Callable[[], str]

@@ -84,6 +84,7 @@ def test_per_request_keep_alive_and_forget() -> None:
 
 def test_negative_setting_never_stops_and_postpone_delays() -> None:
     clock = Clock()
+    assert IdleClock(math.nan).default_s == math.inf  # a setting of "nan" must not make the loop spin
     never = IdleClock(-1.0, now=clock)
     never.due(["a"])
     clock.t += 1e6
