@@ -154,7 +154,8 @@ def _check_tree(entries: list[Entry]) -> None:
 def _ratio_message(entry: Entry, limits: PackageLimits) -> str:
     return (
         f"entry {entry.path!r} decompresses to more than {limits.max_ratio} times its compressed size"
-        f" ({entry.info.compress_size} bytes): a zip bomb"
+        f" ({entry.info.compress_size} bytes), like a zip bomb; store such a file uncompressed (zip -0) or raise"
+        " PREMD_PACKAGE_MAX_RATIO"
     )
 
 

@@ -31,16 +31,16 @@ def inspect_package(zip_path: Path, limits: PackageLimits) -> InspectedPackage:
     """Validate a package zip and compute its ID and completed config (run it in a thread: it reads the whole
     zip). Raises PackageInvalidError with a ``Code.PACKAGE_*`` code and a message naming the problem."""
     with PackageZip(zip_path, limits) as pz:
-        files = pz.read_all()
-        paths = {f.path for f in files}
-        if CONFIG_FILE not in paths:
-            nested = sorted(p for p in paths if p.endswith("/" + CONFIG_FILE))
+        if CONFIG_FILE not in pz.by_path:  # known from the central directory: no need to decompress first
+            nested = sorted(p for p in pz.by_path if p.endswith("/" + CONFIG_FILE))
             hint = (
                 f"; found {nested[0]}: zip the folder's contents, not the folder itself"
                 if nested
                 else "; it holds name, model and environment"
             )
             raise PackageInvalidError(Code.PACKAGE_NO_CONFIG, f"the zip has no {CONFIG_FILE} at its root{hint}")
+        files = pz.read_all()
+        paths = {f.path for f in files}
         jid, nodes = parse_jid_yaml(pz.read_text(CONFIG_FILE, MAX_CONFIG_BYTES))
         config, warnings = complete_config(jid, nodes, paths, pz.read_text)
     files.sort(key=lambda f: f.path.encode())

@@ -207,3 +207,11 @@ def test_extract_refuses_unsafe_zips_and_writes_nothing_outside(tmp_path: Path) 
 def test_every_package_code_has_an_http_status() -> None:
     codes = [c for c in Code if c.startswith("package.")]
     assert codes and all(PACKAGE_HTTP_STATUS[c] in (400, 413, 415, 422) for c in codes)
+
+
+def test_a_large_stored_file_is_not_a_bomb(tmp_path: Path) -> None:
+    files = {**hello_files(), "weights.bin": bytes(3 * 1024 * 1024)}
+    path = write_package_zip(tmp_path / "w.zip", files, compression=zipfile.ZIP_STORED)
+    limits = PackageLimits(max_upload_bytes=10**9, max_uncompressed_bytes=10**9, max_entries=100, max_ratio=10)
+    pkg = inspect_package(path, limits)
+    assert {f.path: f.size for f in pkg.files}["weights.bin"] == 3 * 1024 * 1024

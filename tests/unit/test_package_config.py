@@ -198,3 +198,14 @@ def test_examples_are_kept_and_input_names_checked(tmp_path: Path) -> None:
     assert [e.input for e in config.examples] == [{"text": "x", "n": 2}, {}]
     err = _error(tmp_path, jid_yaml(examples=[{"input": {"not-a-name": 1}}]))
     assert err.code == Code.PACKAGE_CONFIG_INVALID and "not-a-name" in err.message
+
+
+def test_alias_expansion_bomb_is_refused(tmp_path: Path) -> None:
+    lines = ["name: acme/hello", "model: model.py:Model", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    err = _error(tmp_path, "\n".join(lines) + "\n")
+    assert err.code == Code.PACKAGE_CONFIG_INVALID and "aliases" in err.message
+
+
+def test_config_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    assert _inspect(tmp_path, "\ufeff" + jid_yaml()).name == "premd-test/hello"
