@@ -17,7 +17,7 @@ from builder.image.runtime.premd_runtime import RUNTIME_VERSION
 from builder.image.wheelhouse import LOCK_FILE, installer_wheel
 from builder.package.compat import MATRIX
 from builder.package.inspection import InspectedPackage
-from common.package_config import arch_of
+from common.package_config import PackageConfig, arch_of
 
 RUNTIME_FILE = "premd_runtime.py"
 RUNTIME_PORT = 5000
@@ -25,6 +25,8 @@ SITE_DIR = "/opt/premd/site"
 CODE_DIR = "/code"
 # Models run unprivileged; HOME points somewhere writable for caches.
 RUN_AS = "10001:10001"
+# 1980-01-01, the earliest zip timestamp: files' times carry nothing, a fixed one keeps the code layer repeatable.
+CONTEXT_MTIME = 315532800
 
 
 def runtime_source() -> str:
@@ -102,6 +104,17 @@ def render_dockerfile(pkg: InspectedPackage, target: str, base_image: str, insta
     return "\n".join(lines) + "\n"
 
 
+def build_network(config: PackageConfig) -> str:
+    """Docker's network mode for the build: ``none`` unless apt must fetch ``system_packages``."""
+    return "default" if config.environment.system_packages else "none"
+
+
+def _fix_times(root: Path) -> None:
+    """One fixed modification time for everything in the context: Docker records it in the layers."""
+    for path in [*root.rglob("*"), root]:
+        os.utime(path, (CONTEXT_MTIME, CONTEXT_MTIME), follow_symlinks=False)
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -138,4 +151,5 @@ def render_build_context(
         shutil.copytree(wheelhouse, dest / "wheels", copy_function=_link_or_copy)
     (dest / RUNTIME_FILE).write_text(runtime_source())
     (dest / "Dockerfile").write_text(render_dockerfile(pkg, target, base_image, installer))
+    _fix_times(code)
     return dest

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from builder.image import prepare_wheelhouse, render_build_context, resolve_base_image
+from builder.image import build_network, prepare_wheelhouse, render_build_context, resolve_base_image
 from builder.package import PackageLimits, extract_package, inspect_package
 from tests.support.packages import jid_yaml, write_package_zip
 from tests.testbed.containers import ContainerFactory
@@ -61,7 +61,8 @@ async def test_context_builds_without_network_and_answers_predictions(
     house = prepare_wheelhouse(pkg.config, src, tmp_path / "wheel-cache")
     ctx = render_build_context(pkg, src, "docker-cpu", base, house, tmp_path / "ctx")
     tag = f"premd-test-pkg-{uuid.uuid4().hex[:12]}:{pkg.id[:12]}-docker-cpu"
-    build = _docker("build", "--network", "none", "-t", tag, str(ctx))
+    assert build_network(pkg.config) == "none"
+    build = _docker("build", "--network", build_network(pkg.config), "-t", tag, str(ctx))
     stages = _stage_images(build.stdout)
     try:
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]

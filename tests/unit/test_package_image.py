@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from builder.image import BuildError, prepare_wheelhouse, render_build_context, render_dockerfile, resolve_base_image
+from builder.image import (
+    BuildError,
+    build_network,
+    prepare_wheelhouse,
+    render_build_context,
+    render_dockerfile,
+    resolve_base_image,
+)
 from builder.image.base import base_image_keys
 from builder.image.context import runtime_source
 from builder.image.wheelhouse import LOCK_FILE, platforms, requirement_set, wheelhouse_key
@@ -180,3 +187,17 @@ def test_wheelhouse_failure_is_a_build_error(tmp_path: Path) -> None:
         prepare_wheelhouse(pkg.config, src, tmp_path / "cache")
     assert info.value.code == Code.BUILD_WHEELHOUSE_FAILED and "six==0.0.1" in info.value.message
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_only_apt_needs_a_network_during_the_build() -> None:
+    assert build_network(_config()) == "none"
+    assert build_network(_config(python_packages=("six==1.16.0",))) == "none"
+    assert build_network(_config(system_packages=("ffmpeg",))) == "default"
+
+
+def test_context_code_has_fixed_times(tmp_path: Path) -> None:
+    pkg, src = _pkg(tmp_path, {"lib/util.py": "X = 1\n"})
+    ctx = render_build_context(pkg, src, "docker-cpu", "base:1", None, tmp_path / "ctx")
+    times = {p.stat().st_mtime for p in [*(ctx / "code").rglob("*"), ctx / "code"]}
+    assert times == {315532800.0}
+    assert not (ctx / "wheels").exists()
