@@ -16,22 +16,10 @@ import pytest
 
 from builder.image import build_network, prepare_wheelhouse, render_build_context, resolve_base_image
 from builder.package import PackageLimits, extract_package, inspect_package
-from tests.support.packages import jid_yaml, write_package_zip
+from tests.support.packages import six_files, write_package_zip
 from tests.testbed.containers import ContainerFactory
 
 pytestmark = pytest.mark.docker
-
-SIX_MODEL = """\
-import six
-
-
-class Model:
-    def setup(self):
-        self.greeting = "hello "
-
-    def run(self, text=""):
-        return self.greeting + text + " (six " + six.__version__ + ")"
-"""
 
 
 def _docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -49,11 +37,7 @@ async def test_context_builds_without_network_and_answers_predictions(
 ) -> None:
     assert _docker("run", "--rm", "--network", "none", base_image, "python3", "-c", "import six").returncode != 0
     assert _docker("run", "--rm", "--network", "none", base_image, "python3", "-m", "pip").returncode != 0
-    files = {
-        "jid.yaml": jid_yaml(python_packages=["six==1.16.0"], examples=[{"input": {"text": "world"}}]),
-        "model.py": SIX_MODEL,
-    }
-    zip_path = write_package_zip(tmp_path / "pkg.zip", files)
+    zip_path = write_package_zip(tmp_path / "pkg.zip", six_files())
     pkg = inspect_package(zip_path, PackageLimits.from_settings())
     src = tmp_path / "src"
     extract_package(zip_path, src, expected_id=pkg.id)

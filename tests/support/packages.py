@@ -25,6 +25,42 @@ class Model:
         return self.greeting + text
 """
 
+# One real pinned pure-Python PyPI dependency, absent from the test bed's base image: it can only come from the
+# wheelhouse.
+SIX_PIN = "six==1.16.0"
+SIX_MODEL = """\
+import six
+
+
+class Model:
+    def setup(self):
+        self.greeting = "hello "
+
+    def run(self, text=""):
+        return self.greeting + text + " (six " + six.__version__ + ")"
+"""
+RAISING_MODEL = """\
+class Model:
+    def setup(self):
+        pass
+
+    def run(self, text=""):
+        raise ValueError("run failed on purpose: " + text)
+"""
+# setup() never returns (until the container is removed): the test stage must give up at its setup timeout.
+HANGING_SETUP_MODEL = """\
+import time
+
+
+class Model:
+    def setup(self):
+        while True:
+            time.sleep(1)
+
+    def run(self, text=""):
+        return "never"
+"""
+
 
 def jid_yaml(
     name: str = HELLO_NAME,
@@ -47,6 +83,26 @@ def hello_files(**environment: Any) -> dict[str, FileContent]:
         "jid.yaml": jid_yaml(examples=[{"input": {"text": "world"}, "output": "hello world"}], **environment),
         "model.py": HELLO_MODEL,
     }
+
+
+def six_files() -> dict[str, FileContent]:
+    """A package needing ``six==1.16.0``; ``run(text)`` returns ``"hello <text> (six 1.16.0)"``."""
+    return {
+        "jid.yaml": jid_yaml(
+            name="premd-test/hello-six", python_packages=[SIX_PIN], examples=[{"input": {"text": "world"}}]
+        ),
+        "model.py": SIX_MODEL,
+    }
+
+
+def raising_files() -> dict[str, FileContent]:
+    """A package whose ``run()`` raises ValueError (its setup succeeds)."""
+    return {"jid.yaml": jid_yaml(name="premd-test/raising"), "model.py": RAISING_MODEL}
+
+
+def hanging_setup_files() -> dict[str, FileContent]:
+    """A package whose ``setup()`` never returns."""
+    return {"jid.yaml": jid_yaml(name="premd-test/hanging"), "model.py": HANGING_SETUP_MODEL}
 
 
 def write_package_dir(dest: Path, files: Mapping[str, FileContent], executable: Iterable[str] = ()) -> Path:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from builder.image.context import RUNTIME_FILE
-from tests.support.packages import HELLO_MODEL, write_package_dir
+from tests.support.packages import HELLO_MODEL, hanging_setup_files, raising_files, write_package_dir
 from tests.testbed.util import StopWaiting, free_port, wait_until
 
 RUNTIME = Path(__file__).resolve().parents[2] / "builder" / "image" / "runtime" / RUNTIME_FILE
@@ -175,6 +175,32 @@ async def test_outputs_inputs_and_failures(tmp_path: Path) -> None:
         )
         assert status == 400
         assert (await _get(base + "/nowhere"))[0] == 404
+        status, body, _ = await _post(
+            base + "/infer", data=b"\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        assert status == 400 and "UTF-8" in body["detail"]
+
+
+async def test_chunked_request_bodies_are_read(tmp_path: Path) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b'{"input": {"te', b'xt": "chunked"}}'):
+            yield part
+
+    async with runtime(tmp_path, {"model.py": HELLO_MODEL}, "model.py:Model") as base:
+        await _until_status(base, "READY")
+        headers = {"Content-Type": "application/json"}
+        status, body, _ = await _post(base + "/predictions", data=chunks(), headers=headers)
+        assert (status, body["output"]) == (200, "hello chunked")
+
+
+async def test_the_shared_test_packages_behave_as_documented(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "r", raising_files(), "model.py:Model") as base:
+        await _until_status(base, "READY")
+        status, body, _ = await _post(base + "/predictions", json={"input": {"text": "x"}})
+        assert body["status"] == "failed" and "run failed on purpose: x" in body["error"]
+    async with runtime(tmp_path / "h", hanging_setup_files(), "model.py:Model") as base:
+        status, doc = await _get(base + "/health-check")
+        assert (status, doc["status"]) == (200, "STARTING")
 
 
 async def test_failed_setup_is_reported_with_its_log(tmp_path: Path) -> None:
