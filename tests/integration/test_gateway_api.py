@@ -1,6 +1,6 @@
 """premd's HTTP API end to end: the gateway, registry_sync and the scheduler in-process on a real nats-server.
 
-Registries are the real files of ../shared/data served over loopback HTTP; services run the test bed's
+Registries are the real files of tests/data/registries served over loopback HTTP; services run the test bed's
 reference image, pulled from the test bed's OCI registry.
 """
 
@@ -41,10 +41,11 @@ from scheduler.component import Scheduler
 from tests.support.scheduler_bed import SchedulerProcess, put_catalog, ref_manifest, wait_observed
 from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
+from tests.testbed.registries import REGISTRIES_DIR
 from tests.testbed.sse import SseEvent, iter_sse
 from tests.testbed.util import wait_until
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = REGISTRIES_DIR
 MOCK, MAIN = "prem-daemon-mock-manifests.json", "prem-registry-main-manifests.json"
 DEADLINE_S = 30.0
 SERVICE_KEYS = 29

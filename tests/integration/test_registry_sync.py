@@ -43,9 +43,10 @@ from common.messages import (
 )
 from common.settings import Settings
 from registry_sync.component import RegistrySync
+from tests.testbed.registries import REGISTRIES_DIR
 from tests.testbed.util import wait_until
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = REGISTRIES_DIR
 MAIN, DEV, MOCK = (
     "prem-registry-main-manifests.json",
     "prem-registry-dev-manifests.json",
@@ -58,7 +59,7 @@ Mode = Literal["ok", "500", "garbage"]
 def data(name: str) -> bytes:
     path = DATA / name
     if not path.is_file():
-        pytest.fail(f"registry file {path} is missing: the tests read the real registries from ../shared/data")
+        pytest.fail(f"registry file {path} is missing from the repository's test data (tests/data/registries)")
     return path.read_bytes()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,8 +13,9 @@ from common.messages import CatalogEntry, GpuInfo, HostFacts, ServiceState
 from gateway.interfaces import INTERFACES
 from gateway.schemas import Service
 from gateway.service_json import proxy_base_url, service_json
+from tests.testbed.registries import REGISTRIES_DIR
 
-DATA = Path("/work/shared/data")
+DATA = REGISTRIES_DIR
 GIB = 1024**3
 BASE = "http://localhost:54321/proxy/x"
 

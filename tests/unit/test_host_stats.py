@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from common.messages import GpuInfo
 from scheduler.gpu import GpuProbe, gpu_stats
 from scheduler.host import CpuSampler, os_stats, read_host_facts
@@ -61,8 +63,21 @@ def test_gpu_stats_sums_and_averages() -> None:
     assert stats.average_utilised_memory == 0.5 and stats.average_load == 0.25
 
 
-def test_probe_degrades_to_no_gpu_here() -> None:
-    """This machine has no NVIDIA driver: the probe says so with an empty list, not an exception."""
+def test_probe_lists_this_hosts_gpus_without_raising() -> None:
+    """On any host (with or without NVIDIA GPUs) the probe answers a list of well-formed entries."""
+    gpus = GpuProbe().list()
+    assert [g.index for g in gpus] == list(range(len(gpus)))
+    assert all(g.memory_total_mib >= g.memory_free_mib >= 0 and g.uuid for g in gpus)
+
+
+def test_probe_without_nvml_is_an_empty_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose NVML cannot load (no driver, no library) gets an empty inventory, never an exception."""
+    import pynvml
+
+    def no_library() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
     assert GpuProbe().list() == []
 
 

@@ -1,9 +1,8 @@
-"""premd's merge, origins, and catalog diffs, over the real registries in ../shared/data."""
+"""premd's merge, origins, and catalog diffs, over the real registries in tests/data/registries."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -12,14 +11,15 @@ from common.messages import CatalogEntry, CatalogMeta, RegistryStatus
 from registry_sync.merge import Diff, comparable, diff, encode_entries, merge, meta_changed
 from registry_sync.state import RegistryConfig, seed
 from registry_sync.validate import parse_document
+from tests.testbed.registries import REGISTRIES_DIR
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = REGISTRIES_DIR
 
 
 def entries(name: str, origin: str) -> list[CatalogEntry]:
     path = DATA / name
     if not path.is_file():
-        pytest.fail(f"registry file {path} is missing: the tests read the real registries from ../shared/data")
+        pytest.fail(f"registry file {path} is missing from the repository's test data (tests/data/registries)")
     return parse_document(path.read_bytes(), origin).entries
 
 

@@ -1,9 +1,8 @@
-"""Validation of registry documents, over the real registries in ../shared/data."""
+"""Validation of registry documents, over the real registries in tests/data/registries."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,14 +18,15 @@ from registry_sync.validate import (
     check_entry,
     parse_document,
 )
+from tests.testbed.registries import REGISTRIES_DIR
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = REGISTRIES_DIR
 
 
 def registry(name: str) -> bytes:
     path = DATA / name
     if not path.is_file():
-        pytest.fail(f"registry file {path} is missing: the tests read the real registries from ../shared/data")
+        pytest.fail(f"registry file {path} is missing from the repository's test data (tests/data/registries)")
     return path.read_bytes()
 
 
