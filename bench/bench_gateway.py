@@ -88,9 +88,15 @@ async def _serve_gateway(nats_url: str, port: int) -> None:
 
     settings = Settings(host="127.0.0.1", port=port, nats_url=nats_url, registry_urls=())
     nc = await nats.connect(nats_url)
-    runner = web.AppRunner(create_app(settings, nc), access_log=None)
+    from gateway.forwarding import Front
+
+    app = create_app(settings, nc)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    if os.environ.get("BENCH_FRONT", "1") == "1":
+        await Front(runner, app).start("127.0.0.1", port)
+    else:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         await asyncio.Event().wait()
     finally:
@@ -419,6 +425,10 @@ def main() -> None:
     parser.add_argument("--floor", nargs=2, type=int, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gateway:
+        if os.environ.get("BENCH_UVLOOP") == "1":
+            import uvloop
+
+            uvloop.install()
         asyncio.run(_serve_gateway(args.gateway[0], int(args.gateway[1])))
         return
     if args.upstream:

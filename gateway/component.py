@@ -9,6 +9,7 @@ from common import bus, subjects
 from common.component import Component
 from common.version import VERSION
 from gateway.app import create_app
+from gateway.forwarding import Front
 
 
 class Gateway(Component):
@@ -16,25 +17,28 @@ class Gateway(Component):
 
     _runner: web.AppRunner | None = None
     _service: Service | None = None
+    _front: Front | None = None
+    _port = 0
 
     async def start(self) -> None:
         # No commands: registered so that $SRV.PING / $SRV.INFO / $SRV.STATS find the gateway like the others.
         self._service = await bus.serve(self.nc, self.name, VERSION, "premd HTTP gateway", [])
-        self._runner = web.AppRunner(
-            create_app(self.settings, self.nc), shutdown_timeout=self.settings.shutdown_timeout_s
-        )
+        app = create_app(self.settings, self.nc)
+        self._runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
-        await site.start()
+        # The listening socket is the byte-stream proxy's; it hands every other request to aiohttp.
+        self._front = Front(self._runner, app)
+        self._port = await self._front.start(self.settings.host, self.settings.port)
 
     @property
     def bound_port(self) -> int:
-        assert self._runner is not None
-        for addr in self._runner.addresses:
-            return int(addr[1])
-        raise RuntimeError("gateway not listening")
+        if not self._port:
+            raise RuntimeError("gateway not listening")
+        return self._port
 
     async def stop(self) -> None:
+        if self._front is not None:
+            await self._front.stop(self.settings.shutdown_timeout_s)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._service is not None:

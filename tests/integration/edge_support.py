@@ -9,12 +9,14 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from yarl import URL
 
 from common import subjects
 from common.jetstream import kv_bucket
@@ -22,6 +24,7 @@ from common.manifest import Manifest
 from common.messages import CatalogEntry, ServicePhase, ServiceState
 from common.settings import Settings
 from gateway.app import create_app
+from gateway.forwarding import Front
 from gateway.keys import VIEW
 from tests.testbed.util import free_port, wait_http_ok
 
@@ -51,10 +54,32 @@ async def ref_service(env: Mapping[str, str] | None = None) -> AsyncIterator[int
         await proc.wait()
 
 
+class FrontTestServer(TestServer):
+    """The app behind the gateway's own listener (gateway.forwarding.Front), as ``premd serve`` runs it."""
+
+    _front: Front | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        assert isinstance(self.runner, web.AppRunner)
+        self._front = Front(self.runner, self.app)
+        self.port = await self._front.start(self.host, 0)
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._front is not None:
+            await self._front.stop(0)
+        await super().close()
+
+
 @asynccontextmanager
 async def gateway(settings: Settings, nc: NATS) -> AsyncIterator[Client]:
     """The full gateway app (premd's routes and the edge) on a real loopback server."""
-    client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
+    client: Client = TestClient(FrontTestServer(create_app(settings, nc), host="127.0.0.1"))
     await client.start_server()
     try:
         yield client
