@@ -125,11 +125,20 @@ class Endpoint:
     subject: str
     request_type: type[msgspec.Struct]
     handler: Handler
+    concurrency: int = 1
+    """How many requests the endpoint answers at once (slow handlers: Docker stats sample for a second or two)."""
 
 
-def endpoint(name: str, subject: str, request_type: type[Req], handler: Callable[[Req], Awaitable[Rep]]) -> Endpoint:
+def endpoint(
+    name: str,
+    subject: str,
+    request_type: type[Req],
+    handler: Callable[[Req], Awaitable[Rep]],
+    *,
+    concurrency: int = 1,
+) -> Endpoint:
     """Typed constructor: checks that the handler takes what the endpoint decodes."""
-    return Endpoint(name, subject, request_type, handler)
+    return Endpoint(name, subject, request_type, handler, max(1, concurrency))
 
 
 async def respond_error(req: Request, code: str, message: str) -> None:
@@ -143,7 +152,8 @@ class InFlight:
 
     Stopping a micro service unsubscribes its endpoints, which cancels the handler running in each
     subscription's task. Handlers served with an InFlight run in tasks of their own (awaited, so requests on
-    one endpoint are still answered one at a time): intake stops, and ``finish`` then waits for them.
+    one endpoint are answered one at a time unless it has a ``concurrency``): intake stops, and ``finish``
+    then waits for them.
     """
 
     def __init__(self) -> None:
@@ -153,10 +163,13 @@ class InFlight:
         return len(self._tasks)
 
     async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        await asyncio.shield(self.spawn(work))  # a cancelled subscription task leaves the answer running
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)  # a cancelled subscription task leaves the answer running
+        return task
 
     async def finish(self, timeout: float) -> int:
         """Wait up to ``timeout`` for the requests being answered, cancel the rest; returns how many were cancelled."""
@@ -191,11 +204,32 @@ def _wrap(ep: Endpoint, inflight: InFlight | None) -> Callable[[Request], Awaita
             return
         await req.respond(codec.encode(result))
 
+    if ep.concurrency > 1:
+        return _concurrent(answer, ep.concurrency, inflight or InFlight())
     if inflight is None:
         return answer
 
     async def handle(req: Request) -> None:
         await inflight.run(answer(req))
+
+    return handle
+
+
+def _concurrent(
+    answer: Callable[[Request], Coroutine[Any, Any, None]], bound: int, inflight: InFlight
+) -> Callable[[Request], Awaitable[None]]:
+    """Answer in tasks of their own, at most ``bound`` at once; beyond it intake waits (backpressure)."""
+    slots = asyncio.Semaphore(bound)
+
+    async def answer_then_release(req: Request) -> None:
+        try:
+            await answer(req)
+        finally:
+            slots.release()
+
+    async def handle(req: Request) -> None:
+        await slots.acquire()
+        _ = inflight.spawn(answer_then_release(req))  # tracked by InFlight (finish waits for it)
 
     return handle
 

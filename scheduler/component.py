@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DOCKER_ROOT = "/var/lib/docker"
 PREMD_VOLUME_RE = re.compile(r"^prem-[A-Za-z0-9][A-Za-z0-9_-]*-data$")
+SLOW_CONCURRENCY = 8
+"""Requests answered at once by endpoints whose work takes seconds (stats sample, stop-all, prune, image removal)."""
 
 
 class GpuSource(Protocol):
@@ -131,11 +133,23 @@ class Scheduler(ServiceComponent):
             bus.endpoint("start", subjects.SCHEDULER_START, StartService, self._start),
             bus.endpoint("stop", subjects.SCHEDULER_STOP, StopService, self._stop),
             bus.endpoint("restart", subjects.SCHEDULER_RESTART, RestartService, self._restart),
-            bus.endpoint("stop_all", subjects.SCHEDULER_STOP_ALL, Empty, self._stop_all),
-            bus.endpoint("remove_image", subjects.SCHEDULER_REMOVE_IMAGE, RemoveImage, self._remove_image),
+            bus.endpoint("stop_all", subjects.SCHEDULER_STOP_ALL, Empty, self._stop_all, concurrency=SLOW_CONCURRENCY),
+            bus.endpoint(
+                "remove_image",
+                subjects.SCHEDULER_REMOVE_IMAGE,
+                RemoveImage,
+                self._remove_image,
+                concurrency=SLOW_CONCURRENCY,
+            ),
             bus.endpoint("remove_volume", subjects.SCHEDULER_REMOVE_VOLUME, RemoveVolume, self._remove_volume),
-            bus.endpoint("prune", subjects.SCHEDULER_PRUNE, Empty, self._prune),
-            bus.endpoint("container_stats", subjects.SCHEDULER_CONTAINER_STATS, GetContainerStats, self._stats),
+            bus.endpoint("prune", subjects.SCHEDULER_PRUNE, Empty, self._prune, concurrency=SLOW_CONCURRENCY),
+            bus.endpoint(
+                "container_stats",
+                subjects.SCHEDULER_CONTAINER_STATS,
+                GetContainerStats,
+                self._stats,
+                concurrency=SLOW_CONCURRENCY,
+            ),
             bus.endpoint("host_stats", subjects.SCHEDULER_HOST_STATS, Empty, self._host_stats),
             bus.endpoint("gpu_stats", subjects.SCHEDULER_GPU_STATS, Empty, self._gpu_stats),
         ]

@@ -1,0 +1,54 @@
+"""Slow scheduler commands answer concurrently (issue 9, defect 6): six GET /v1/stats/<id> at once all answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiodocker
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from common import bus, subjects
+from common.messages import OperationAccepted, StartService
+from common.settings import Settings
+from tests.integration.edge_support import gateway
+from tests.support.scheduler_bed import (
+    Events,
+    cleanup_service,
+    new_service_id,
+    put_catalog,
+    ref_manifest,
+    running_scheduler,
+    wait_observed,
+)
+from tests.testbed.util import free_port
+
+pytestmark = pytest.mark.docker
+
+
+async def test_six_stats_requests_at_once_all_answer(
+    nc: NATS, js: JetStreamContext, settings: Settings, docker: aiodocker.Docker, ref_image: str
+) -> None:
+    """Docker samples stats for 1-2 s: answered one at a time, six requests outlast the 5 s request deadline."""
+    sid = new_service_id()
+    await put_catalog(js, ref_manifest(sid, ref_image, defaultExternalPort=free_port()))
+    try:
+        async with running_scheduler(settings), gateway(settings, nc) as client:
+            await wait_observed(js, sid, lambda s: s.downloaded)
+            events = await Events.of_service(js, sid)
+            accepted = await bus.request(
+                nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
+            )
+            assert (await events.final(accepted.operation_id)).type == "succeeded"
+            await events.close()
+
+            async def stats() -> tuple[int, dict[str, object]]:
+                async with client.get(f"/v1/stats/{sid}") as resp:
+                    return resp.status, await resp.json()
+
+            answers = await asyncio.gather(*(stats() for _ in range(6)))
+            assert [status for status, _ in answers] == [200] * 6, answers
+            assert all(body["id"] == sid for _, body in answers)
+    finally:
+        await cleanup_service(docker, sid)
