@@ -143,7 +143,8 @@ def render_build_context(
     for f in pkg.files:
         target_path = code.joinpath(*f.path.split("/"))
         target_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(package_dir.joinpath(*f.path.split("/")), target_path)
+        # Hard links where possible: weights can be gigabytes. The extracted package already has these modes.
+        _link_or_copy(str(package_dir.joinpath(*f.path.split("/"))), str(target_path))
         target_path.chmod(0o755 if f.executable else 0o644)
     installer = None
     if wheelhouse is not None:
