@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import unicodedata
 import zipfile
 from pathlib import Path
 
 from builder.package import ID_SCHEME, PackageLimits, inspect_package
-from tests.support.packages import hello_files, write_package_zip
+from tests.support.packages import hello_files, write_package_dir, write_package_zip
 
 LIMITS = PackageLimits.from_settings()
 FILES = {**hello_files(), "lib/util.py": "X = 1\n", "run.sh": "#!/bin/sh\n"}
@@ -63,3 +64,9 @@ def test_any_change_gives_another_id(tmp_path: Path) -> None:
         _id(tmp_path, "f.zip", executable=["run.sh"]),
     }
     assert len(ids) == 6
+
+
+def test_a_zip_made_by_another_tool_has_the_same_id(tmp_path: Path) -> None:
+    src = write_package_dir(tmp_path / "src", FILES, executable=["run.sh"])
+    other = Path(shutil.make_archive(str(tmp_path / "made"), "zip", root_dir=src))
+    assert inspect_package(other, LIMITS).id == _id(tmp_path, "ours.zip", executable=["run.sh"])
