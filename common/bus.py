@@ -61,8 +61,15 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
+def require_connected(nc: NATS, subject: str) -> None:
+    """Fail at once while the connection is down: a request sent now would only be buffered until its timeout."""
+    if not nc.is_connected:
+        raise error_for(Code.BUS_DISCONNECTED, f"the bus is disconnected (reconnecting): {subject} not sent")
+
+
 async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep], timeout: float) -> Rep:
     """Send a command and decode its reply; error replies raise the AppError of their code."""
+    require_connected(nc, subject)
     try:
         resp = await nc.request(subject, codec.encode(msg), timeout=timeout)
     except nats.errors.NoRespondersError:

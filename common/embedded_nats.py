@@ -6,6 +6,7 @@ Used by ``premd serve`` when no NATS URL is configured, and by the tests for a r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
@@ -14,16 +15,21 @@ import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from common.bus import MAX_PAYLOAD
 
 logger = logging.getLogger(__name__)
+server_log = logging.getLogger("nats-server")
 
 _LISTENING = re.compile(rb"Listening for client connections on [^\s]+:(\d+)")
 _READY = b"Server is ready"
 _FATAL = re.compile(rb"\[(?:FTL|ERR)\] (.*)")
+_NOTEWORTHY = re.compile(rb"\[(?:FTL|ERR|WRN)\] ")
 _PR_SET_PDEATHSIG = 1
+STDERR_LINES_KEPT = 200
+"""The server's last stderr lines kept in memory, quoted when it dies (it logs to stderr only)."""
 
 
 class NatsServerError(RuntimeError):
@@ -64,12 +70,16 @@ class EmbeddedNats:
         self.host = host
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._stderr: collections.deque[bytes] = collections.deque(maxlen=STDERR_LINES_KEPT)
+        self._stopping = False
+        self.restarts = 0
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
     async def start(self, timeout: float = 20.0) -> str:
+        self._stopping = False
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
         conf.write_text(
@@ -110,6 +120,8 @@ class EmbeddedNats:
         tail: list[bytes] = []
         while True:
             line = await self._proc.stderr.readline()
+            if line:
+                self._stderr.append(line)
             if not line:  # the server exited: its fatal lines (else its last one) say why
                 errors = [m.group(1) for t in tail if (m := _FATAL.search(t))] or tail[-1:]
                 raise NatsServerError(b"; ".join(errors).decode(errors="replace").strip() or "it exited silently")
@@ -118,15 +130,58 @@ class EmbeddedNats:
                 self.port = int(m.group(1))
             if _READY in line:
                 break
-        # Keep reading stderr so the pipe never fills and blocks the server.
-        self._drain = asyncio.create_task(self._discard(self._proc.stderr))
+        # Keep reading stderr so the pipe never fills and blocks the server; its warnings and errors go to our log.
+        self._drain = asyncio.create_task(self._keep(self._proc.stderr))
 
-    @staticmethod
-    async def _discard(stream: asyncio.StreamReader) -> None:
-        while await stream.readline():
-            pass
+    async def _keep(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self._stderr.append(line)
+            if _NOTEWORTHY.search(line):
+                server_log.warning("%s", line.decode(errors="replace").rstrip())
+
+    def last_words(self, lines: int = 20) -> str:
+        """The server's last stderr lines (why it died, when it says so)."""
+        return b"".join(list(self._stderr)[-lines:]).decode(errors="replace").rstrip()
+
+    async def supervise(self, max_restarts: int = 5, window_s: float = 60.0, start_timeout: float = 20.0) -> None:
+        """Restart the server whenever it dies, on the same port and store (JetStream recovers from disk).
+
+        The components' connections reconnect by themselves (endless reconnects). Returns when ``stop`` ended the
+        server; raises NatsServerError when it cannot be brought back: more than ``max_restarts`` deaths within
+        ``window_s``, or a restart that fails.
+        """
+        deaths: collections.deque[float] = collections.deque()
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            returncode = await proc.wait()
+            if self._stopping or self._proc is not proc:
+                return
+            if self._drain is not None:  # the rest of its stderr (the reason, when it gave one)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._drain, 1.0)
+            how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+            logger.error("embedded nats-server died (%s); its last output:\n%s", how, self.last_words() or "(none)")
+            now = time.monotonic()
+            deaths.append(now)
+            while deaths and deaths[0] < now - window_s:
+                deaths.popleft()
+            if len(deaths) > max_restarts:
+                self._proc = None
+                raise NatsServerError(
+                    f"nats-server died {len(deaths)} times within {window_s:g} s (last: {how}); giving up"
+                )
+            self._proc = None
+            try:
+                await self.start(timeout=start_timeout)
+            except NatsServerError as exc:
+                raise NatsServerError(f"nats-server died ({how}) and could not be restarted: {exc}") from None
+            self.restarts += 1
+            logger.warning("embedded nats-server restarted on %s (restart %d)", self.url, self.restarts)
 
     async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -152,3 +207,24 @@ class EmbeddedNats:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
         await self.stop()
+
+
+async def wait_stopped_or_bus_lost(stop: asyncio.Event, embedded: EmbeddedNats | None) -> None:
+    """Wait for ``stop`` while supervising the embedded server (if any).
+
+    Raises NatsServerError when the server died and could not be brought back: the caller stops its components
+    and exits non-zero, since nothing premd does works without its bus.
+    """
+    if embedded is None:
+        await stop.wait()
+        return
+    stopped = asyncio.create_task(stop.wait())
+    supervisor = asyncio.create_task(embedded.supervise())
+    try:
+        await asyncio.wait({stopped, supervisor}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, supervisor):
+            task.cancel()
+        await asyncio.gather(stopped, supervisor, return_exceptions=True)
+    if supervisor.done() and not supervisor.cancelled() and (exc := supervisor.exception()) is not None:
+        raise exc

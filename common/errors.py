@@ -55,6 +55,9 @@ class Code(StrEnum):
     MODEL_NOT_DOWNLOADED = "model_not_downloaded"
     KEEP_ALIVE_INVALID = "request.keep_alive_invalid"
 
+    # --- reliability (issue 9): the bus connection is down (reconnecting); answered at once, not at a timeout ---
+    BUS_DISCONNECTED = "bus.disconnected"
+
     # --- packages: validation (builder/package; HTTP status per code in PACKAGE_HTTP_STATUS) ---
     PACKAGE_NOT_MULTIPART = "package.not_multipart"
     PACKAGE_NO_FILE = "package.no_file"
@@ -164,6 +167,8 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.DOCKER_UNAVAILABLE: UnavailableError,
     Code.DOCKER_ERROR: InternalError,
     Code.OPERATION_NOT_FOUND: NotFoundError,
+    # --- reliability (issue 9) ---
+    Code.BUS_DISCONNECTED: UnavailableError,
     # --- packages: validation / image build ---
     **{code: InvalidError for code in Code if code.startswith("package.")},
     Code.BUILD_NO_BASE_IMAGE: ConflictError,

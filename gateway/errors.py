@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_UNAVAILABLE = frozenset({Code.BUS_TIMEOUT, Code.BUS_UNAVAILABLE, Code.DOCKER_UNAVAILABLE})
+_UNAVAILABLE = frozenset({Code.BUS_TIMEOUT, Code.BUS_UNAVAILABLE, Code.DOCKER_UNAVAILABLE, Code.BUS_DISCONNECTED})
 _HIDDEN = "internal error (see premd's log)"
 _BUS_DOWN = "premd's message bus (NATS) did not answer"
 

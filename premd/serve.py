@@ -32,7 +32,7 @@ def components() -> tuple[ComponentType, ...]:
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run everything until ``stop`` is set (SIGTERM/SIGINT by default)."""
     from common.component import Running, stop_on_signals
-    from common.embedded_nats import EmbeddedNats
+    from common.embedded_nats import EmbeddedNats, wait_stopped_or_bus_lost
 
     stop = stop or stop_on_signals()
     embedded: EmbeddedNats | None = None
@@ -44,7 +44,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             url = await embedded.start()
         await running.start(url, components())
         logger.info("premd serving on http://%s:%d (NATS %s)", settings.host, settings.port, url)
-        await stop.wait()
+        await wait_stopped_or_bus_lost(stop, embedded)
         logger.info("premd stopping")
     finally:
         await running.stop()

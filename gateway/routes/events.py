@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from common import subjects
+from common import bus, subjects
 from common.manifest import SERVICE_ID_RE
 from gateway import streams
 from gateway.apidoc import documented
@@ -93,6 +93,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     async def on_msg(msg: Msg) -> None:
         await channel.put((msg.metadata.sequence.stream, msg.subject, msg.data))
 
+    bus.require_connected(request.app[NC], subjects.EVENTS_STREAM)
     js = request.app[NC].jetstream(timeout=request.app[SETTINGS].request_timeout_s)
     sub = await js.subscribe(subject, cb=on_msg, stream=subjects.EVENTS_STREAM, ordered_consumer=True, config=config)
     try:

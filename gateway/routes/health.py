@@ -8,7 +8,7 @@ from common import bus, subjects
 from common.messages import ServiceIdentity
 from gateway.apidoc import documented
 from gateway.errors import json_response
-from gateway.keys import NC
+from gateway.keys import NC, VIEW
 from gateway.schemas import HealthResponse
 
 routes = web.RouteTableDef()
@@ -28,7 +28,7 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 @documented(
     "Readiness: the bus is connected and every component answers (503 otherwise)",
-    errors={503: '{"ready": false, "bus": ..., "components": {name: bool}}'},
+    errors={503: '{"ready": false, "bus": ..., "components": {name: bool}, "docker": ...}'},
 )
 async def ready(request: web.Request) -> web.Response:
     """Ready when the bus is connected and every component answered $SRV.PING within a short window."""
@@ -42,5 +42,18 @@ async def ready(request: web.Request) -> web.Response:
         seen.setdefault(pong.name, []).append(pong.id)
     components = {name: bool(ids) for name, ids in seen.items()}
     is_ready = nc.is_connected and all(components.values())
-    body = {"ready": is_ready, "bus": "connected" if nc.is_connected else "disconnected", "components": components}
+    body = {
+        "ready": is_ready,
+        "bus": "connected" if nc.is_connected else "disconnected",
+        "components": components,
+        "docker": _docker(request),
+    }
     return web.json_response(body, status=200 if is_ready else 503)
+
+
+def _docker(request: web.Request) -> str:
+    """The Docker engine as the scheduler last saw it: reported, not required (premd lists services without it)."""
+    facts = request.app[VIEW].host
+    if facts is None:
+        return "unknown"
+    return "available" if facts.docker_available else "unavailable"
