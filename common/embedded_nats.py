@@ -163,20 +163,23 @@ class EmbeddedNats:
                     await asyncio.wait_for(self._drain, 1.0)
             how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
             logger.error("embedded nats-server died (%s); its last output:\n%s", how, self.last_words() or "(none)")
-            now = time.monotonic()
-            deaths.append(now)
-            while deaths and deaths[0] < now - window_s:
-                deaths.popleft()
-            if len(deaths) > max_restarts:
-                self._proc = None
-                raise NatsServerError(
-                    f"nats-server died {len(deaths)} times within {window_s:g} s (last: {how}); giving up"
-                )
             self._proc = None
-            try:
-                await self.start(timeout=start_timeout)
-            except NatsServerError as exc:
-                raise NatsServerError(f"nats-server died ({how}) and could not be restarted: {exc}") from None
+            while self._proc is None:
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths and deaths[0] < now - window_s:
+                    deaths.popleft()
+                if len(deaths) > max_restarts:
+                    raise NatsServerError(
+                        f"nats-server died {len(deaths)} times within {window_s:g} s (last: {how}); giving up"
+                    )
+                # A short pause, growing with each recent death: a crash loop must not spin the CPU.
+                await asyncio.sleep(0.1 * 2 ** (len(deaths) - 1))
+                try:
+                    await self.start(timeout=start_timeout)
+                except NatsServerError as exc:  # counted as one more death; the budget decides
+                    how = str(exc)
+                    logger.error("embedded nats-server could not be restarted: %s", exc)
             self.restarts += 1
             logger.warning("embedded nats-server restarted on %s (restart %d)", self.url, self.restarts)
 
