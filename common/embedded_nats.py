@@ -164,7 +164,8 @@ class EmbeddedNats:
             how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
             logger.error("embedded nats-server died (%s); its last output:\n%s", how, self.last_words() or "(none)")
             self._proc = None
-            while self._proc is None:
+            restarted = False
+            while not restarted:
                 now = time.monotonic()
                 deaths.append(now)
                 while deaths and deaths[0] < now - window_s:
@@ -177,6 +178,7 @@ class EmbeddedNats:
                 await asyncio.sleep(0.1 * 2 ** (len(deaths) - 1))
                 try:
                     await self.start(timeout=start_timeout)
+                    restarted = True
                 except NatsServerError as exc:  # counted as one more death; the budget decides
                     how = str(exc)
                     logger.error("embedded nats-server could not be restarted: %s", exc)
