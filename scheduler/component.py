@@ -47,7 +47,7 @@ from scheduler.host import CpuSampler, os_stats, read_host_facts
 from scheduler.operations import Operations
 from scheduler.ports import PortAllocator
 from scheduler.pulls import Pulls
-from scheduler.reconcile import owner
+from scheduler.reconcile import known_services, owner
 from scheduler.reconciler import Reconciler
 from scheduler.state import DesiredStore, ObservedStore, instance_id, normalize_ref, split_ref
 from scheduler.stats import container_stats
@@ -266,7 +266,7 @@ class Scheduler(ServiceComponent):
 
     async def _stats(self, cmd: GetContainerStats) -> ContainerStatsList:
         """premd's ContainerStats for one running service or all: one-shot Docker stats, concurrently."""
-        known = {e.manifest.id for e in self.catalog.entries()}
+        known = known_services(self.catalog.entries())
         targets = []
         for c in await self.driver.containers():
             sid = owner(c, known, self.instance)

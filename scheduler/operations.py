@@ -23,7 +23,7 @@ from common.messages import DesiredState, GpuInfo, OperationAccepted, ServiceSto
 from scheduler.deps import Deps, Op
 from scheduler.docker_driver import ContainerInfo, ContainerSpec
 from scheduler.events import check_operation_id, new_operation_id
-from scheduler.reconcile import Backoff, owner
+from scheduler.reconcile import Backoff, image_repositories, known_services, owner
 from scheduler.starter import Starter, StartPlan
 from scheduler.state import NO_ERROR, NOT_RUNNING, image_status, normalize_ref
 
@@ -149,7 +149,9 @@ class Operations:
         return self._starter.container_spec(operation_id, StartPlan(manifest, ref, gpus, generation), port, volume)
 
     async def containers_of(self, service_id: str) -> list[ContainerInfo]:
-        return [c for c in await self.d.driver.containers() if owner(c, {service_id}, self.d.instance) == service_id]
+        entry = self.d.catalog.get(service_id)
+        known = {service_id: image_repositories(entry.manifest) if entry is not None else frozenset[str]()}
+        return [c for c in await self.d.driver.containers() if owner(c, known, self.d.instance) == service_id]
 
     # ------------------------------------------------------------ commands
 
@@ -235,6 +237,9 @@ class Operations:
         sid = op.service_id
         interrupted = await self._cancel(previous)
         found = await self.containers_of(sid)
+        if not found and not interrupted and self.d.catalog.get(sid) is None and self.d.desired.get(sid) is None:
+            # Not premd's: no such service, nothing premd made or was asked to run under that id.
+            raise NotFoundError(Code.SERVICE_NOT_FOUND, f"Service {sid} not found.")
         if not found and not self.d.desired.wants_running(sid) and not interrupted:
             raise ConflictError(Code.SERVICE_NOT_RUNNING, f"Service {sid} is not running.")
         await self.d.desired.set(sid, False, op.id)
@@ -269,7 +274,7 @@ class Operations:
 
     async def stop_all(self) -> int:
         """Stop every service that runs or should run; returns how many were stopped."""
-        known = {e.manifest.id for e in self.d.catalog.entries()}
+        known = known_services(self.d.catalog.entries())
         found = {
             sid for c in await self.d.driver.containers() if c.running and (sid := owner(c, known, self.d.instance))
         }

@@ -1,7 +1,9 @@
 """Pure reconcile decisions: desired state vs the containers Docker has -> actions. No I/O.
 
 A service's containers are those labelled with its id, plus (premd compatibility) an unlabelled
-container named exactly after a known service id. Rules:
+container named exactly after a known service id whose image is one of the service's (same repository,
+any tag: the Python premd ran older tags too). A user's own ``docker run --name qdrant <other image>``
+is not premd's: never adopted, stopped or removed. Rules:
 
 - A service with an operation in flight is left alone (the operation owns it).
 - Desired running: a running container is adopted (duplicates are removed); none, or only a
@@ -18,8 +20,10 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from common.messages import DesiredState
+from common.manifest import Manifest
+from common.messages import CatalogEntry, DesiredState
 from scheduler.docker_driver import ContainerInfo
+from scheduler.state import normalize_ref, split_ref
 
 CRASHLOOP_AFTER = 3
 """Crashes in a row (each within CRASH_WINDOW_S of the previous) that make a crash loop."""
@@ -61,16 +65,37 @@ class Idle(msgspec.Struct, frozen=True, tag=True):
 Action = Remove | Adopt | Start | Idle
 
 
-def owner(container: ContainerInfo, known_ids: Iterable[str] | set[str], instance: str) -> str | None:
+Known = Mapping[str, frozenset[str]]
+"""Catalog services by id, each with the image repositories of its manifest (cpu and gpu images)."""
+
+
+def repository(ref: str) -> str:
+    """``docker.io/library/redis:7`` and ``redis:6`` -> ``redis``: what an image is, whatever its tag."""
+    return split_ref(normalize_ref(ref))[0]
+
+
+def image_repositories(manifest: Manifest) -> frozenset[str]:
+    images = manifest.docker_images
+    if images is None:
+        return frozenset()
+    return frozenset(repository(e.image) for e in (images.cpu, images.gpu) if e is not None)
+
+
+def known_services(entries: Iterable[CatalogEntry]) -> dict[str, frozenset[str]]:
+    return {e.manifest.id: image_repositories(e.manifest) for e in entries}
+
+
+def owner(container: ContainerInfo, known: Known, instance: str) -> str | None:
     """The service a container belongs to, or None when it is not this premd's.
 
     Another premd's containers (another instance label) are never this one's, even when named after
-    a service id this premd knows.
+    a service id this premd knows; nor is an unlabelled one that runs another image than the service's.
     """
     if container.managed:
         ours = container.instance in (None, instance)
         return container.service_id if ours and container.service_id else None
-    if container.name in known_ids:
+    repositories = known.get(container.name)
+    if repositories and repository(container.image) in repositories:
         return container.name
     return None
 
@@ -80,7 +105,7 @@ def _rank(service_id: str, c: ContainerInfo) -> tuple[bool, bool, int, float]:
 
 
 def decide(
-    known_ids: set[str],
+    known: Known,
     desired: Mapping[str, DesiredState],
     containers: Iterable[ContainerInfo],
     busy: set[str],
@@ -89,11 +114,11 @@ def decide(
     """What to do for every service that is known, desired or has a container of this premd."""
     by_service: dict[str, list[ContainerInfo]] = {}
     for c in containers:
-        sid = owner(c, known_ids, instance)
+        sid = owner(c, known, instance)
         if sid is not None:
             by_service.setdefault(sid, []).append(c)
     actions: list[Action] = []
-    for sid in sorted(known_ids | set(desired) | set(by_service)):
+    for sid in sorted(set(known) | set(desired) | set(by_service)):
         if sid in busy:
             continue
         actions.extend(_decide_one(sid, desired.get(sid), by_service.get(sid, [])))

@@ -17,9 +17,21 @@ from scheduler.deps import Deps
 from scheduler.docker_driver import ContainerInfo, DockerEvent
 from scheduler.events import new_operation_id
 from scheduler.operations import Operations
-from scheduler.reconcile import Action, Adopt, Backoff, Idle, Remove, Start, after_crash, decide, owner
+from scheduler.reconcile import (
+    Action,
+    Adopt,
+    Backoff,
+    Idle,
+    Known,
+    Remove,
+    Start,
+    after_crash,
+    decide,
+    known_services,
+    owner,
+)
 from scheduler.starter import LOG_TAIL_LINES
-from scheduler.state import NOT_RUNNING, image_status
+from scheduler.state import NOT_RUNNING, TagIndex
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +115,7 @@ class Reconciler:
         containers = await self.d.driver.containers()
         tags = [t for image in await self.d.driver.images() for t in image.tags]
         entries = self.d.catalog.entries()
-        known = {e.manifest.id for e in entries}
+        known = known_services(entries)
         await self._refresh_downloads(entries, tags)
         busy = self._ops.busy() | {sid for sid in known if self._ops.settled_since(sid, started)}
         self._wake_at = None
@@ -124,14 +136,15 @@ class Reconciler:
 
     async def _refresh_downloads(self, entries: list[CatalogEntry], tags: list[str]) -> None:
         facts = self.d.facts()
+        index = TagIndex(tags)  # once per pass, not once per service
         for entry in entries:
             image, _ = select_image(entry.manifest, facts)
-            downloaded, local, needs_update = image_status(image.image, tags) if image else (False, None, False)
+            downloaded, local, needs_update = index.status(image.image) if image else (False, None, False)
             await self.d.observed.change(
                 entry.manifest.id, downloaded=downloaded, downloaded_image=local, needs_update=needs_update
             )
 
-    async def _apply(self, action: Action, known: set[str]) -> None:
+    async def _apply(self, action: Action, known: Known) -> None:
         sid = action.service_id
         if isinstance(action, Remove):
             if action.reason == "orphan" and self.d.desired.wants_running(sid):
@@ -217,7 +230,7 @@ class Reconciler:
             gpus=[],
         )
 
-    async def _forget(self, known: set[str], containers: list[ContainerInfo]) -> None:
+    async def _forget(self, known: Known, containers: list[ContainerInfo]) -> None:
         """Drop observed state of services that left the catalog and have nothing left on the host."""
         if self.d.catalog.meta is None:
             return  # no catalog yet: nothing to compare with

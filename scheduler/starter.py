@@ -22,7 +22,7 @@ from common.messages import EventType, GpuInfo, GpuPlacement
 from scheduler.deps import Deps, Op
 from scheduler.docker_driver import ContainerInfo, ContainerSpec
 from scheduler.readiness import probe_http, probe_tcp, uses_http, wait_ready
-from scheduler.reconcile import Backoff, after_crash, owner
+from scheduler.reconcile import Backoff, after_crash, image_repositories, owner
 from scheduler.state import NO_ERROR, NOT_RUNNING
 
 logger = logging.getLogger(__name__)
@@ -143,13 +143,14 @@ class Starter:
     async def _create_and_start(self, op: Op, plan: StartPlan) -> tuple[str, int | None, str | None]:
         sid, manifest = op.service_id, plan.manifest
         everything = await self.d.driver.containers()
+        mine = {sid: image_repositories(manifest)}
         for c in everything:
-            if owner(c, {sid}, self.d.instance) == sid:
+            if owner(c, mine, self.d.instance) == sid:
                 await self.d.driver.remove(c.id)  # a stale one (premd: ``docker rm -f <id>`` first)
         volume = volume_name(sid) if manifest.volume_path else None
         if volume is not None:
             await self.d.driver.ensure_volume(volume, self.d.instance, sid)
-        others = [c for c in everything if c.running and owner(c, {sid}, self.d.instance) != sid]
+        others = [c for c in everything if c.running and owner(c, mine, self.d.instance) != sid]
         published = {c.host_port for c in others if c.host_port is not None}
         preferred = manifest.default_external_port or manifest.default_port
         lost: set[int] = set()

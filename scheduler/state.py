@@ -191,16 +191,38 @@ def normalize_ref(ref: str) -> str:
     return f"{repo}:{tag}"
 
 
-def image_status(ref: str, local_tags: Iterable[str]) -> tuple[bool, str | None, bool]:
-    """(downloaded, local tag to run, needs update) for a service image, like premd but by repository.
+class TagIndex:
+    """The local tags by repository, normalized once: a reconcile pass asks it about every catalog service.
 
-    Every tag of every local image is looked at (premd looked only at the first one).
+    Asking ``image_status`` per service would normalize every local tag once per service (O(services x
+    tags) per pass, on the loop the proxy shares in ``premd serve``); built once, a lookup is one dict get.
     """
-    wanted = normalize_ref(ref)
-    repo = split_ref(wanted)[0]
-    same_repo = [tag for tag in (normalize_ref(t) for t in local_tags) if split_ref(tag)[0] == repo]
-    if wanted in same_repo:
-        return True, wanted, False
-    if same_repo:
-        return True, sorted(same_repo)[-1], True
-    return False, None, False
+
+    def __init__(self, local_tags: Iterable[str]) -> None:
+        self._by_repo: dict[str, set[str]] = {}
+        for tag in local_tags:
+            normal = normalize_ref(tag)
+            self._by_repo.setdefault(split_ref(normal)[0], set()).add(normal)
+        self._newest: dict[str, str] = {}
+
+    def status(self, ref: str) -> tuple[bool, str | None, bool]:
+        """(downloaded, local tag to run, needs update) for a service image, like premd but by repository.
+
+        Every tag of every local image counts (premd looked only at the first one).
+        """
+        wanted = normalize_ref(ref)
+        repo = split_ref(wanted)[0]
+        same_repo = self._by_repo.get(repo)
+        if not same_repo:
+            return False, None, False
+        if wanted in same_repo:
+            return True, wanted, False
+        newest = self._newest.get(repo)
+        if newest is None:
+            newest = self._newest[repo] = max(same_repo)
+        return True, newest, True
+
+
+def image_status(ref: str, local_tags: Iterable[str]) -> tuple[bool, str | None, bool]:
+    """One service's ``TagIndex.status`` (index the tags once when asking about several)."""
+    return TagIndex(local_tags).status(ref)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from common.messages import DesiredState
 from scheduler.docker_driver import ContainerInfo
 from scheduler.reconcile import CRASHLOOP_AFTER, Action, Adopt, Backoff, Idle, Remove, Start, after_crash
@@ -13,7 +15,7 @@ ME = "instance-me"
 def decide(
     known: set[str], desired: dict[str, DesiredState], containers: list[ContainerInfo], busy: set[str]
 ) -> list[Action]:
-    return decide_for(known, desired, containers, busy, ME)
+    return decide_for({sid: frozenset({"img"}) for sid in known}, desired, containers, busy, ME)
 
 
 def _c(
@@ -79,6 +81,13 @@ def test_labelled_container_of_unknown_service_without_desired_state_is_an_orpha
 def test_unlabelled_container_named_after_a_known_service_is_adopted() -> None:
     c = _c("1", None, name="a")
     assert decide({"a"}, {}, [c], set()) == [Adopt("a", c, record_desired=True)]
+
+
+def test_unlabelled_container_of_another_image_is_not_the_services() -> None:
+    """A user's ``docker run --name a postgres``: neither adopted nor removed, even when "a" should run."""
+    c = msgspec.structs.replace(_c("1", None, name="a"), image="docker.io/library/postgres:16")
+    assert decide({"a"}, {}, [c], set()) == [Idle("a")]
+    assert decide({"a"}, {"a": _want("a")}, [c], set()) == [Start("a")]
 
 
 def test_unlabelled_containers_are_never_removed_and_foreign_ones_ignored() -> None:

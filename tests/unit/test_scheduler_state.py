@@ -95,3 +95,25 @@ async def test_wait_ready_outcomes() -> None:
     assert await wait_ready(yes, no, 1.0) == "ready"
     assert await wait_ready(no, no, 1.0) == "exited"
     assert await wait_ready(no, yes, 0.2) == "timeout"
+
+
+def test_tag_index_normalizes_each_tag_once_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconcile asks about every catalog service each pass: the local tags are indexed once (issue 9, defect 8)."""
+    import scheduler.state as state
+
+    tags = [f"registry.local:5000/premd/svc{i}:{v}" for i in range(40) for v in (1, 2)] + ["redis:7"]
+    refs = [f"registry.local:5000/premd/svc{i}:2" for i in range(30)] + ["docker.io/library/redis:6", "none:1"]
+    expected = [image_status(ref, tags) for ref in refs]
+    calls = 0
+    real = state.normalize_ref
+
+    def counting(ref: str) -> str:
+        nonlocal calls
+        calls += 1
+        return real(ref)
+
+    monkeypatch.setattr(state, "normalize_ref", counting)
+    index = state.TagIndex(tags)
+    assert [index.status(ref) for ref in refs] == expected
+    assert calls == len(tags) + len(refs)  # not len(tags) x len(refs)
+    assert index.status("redis:6") == (True, "redis:7", True)
