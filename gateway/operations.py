@@ -32,10 +32,16 @@ R = TypeVar("R", bound=msgspec.Struct)
 SERVICE_NOT_FOUND = "Service not found."
 
 
-async def ask(request: web.Request, subject: str, msg: msgspec.Struct, reply: type[R], prefix: str) -> R:
-    """Send a command; a refusal becomes premd's ``<prefix><reason>`` (unknown service: ``Service not found.``)."""
+async def ask(
+    request: web.Request, subject: str, msg: msgspec.Struct, reply: type[R], prefix: str, timeout: float | None = None
+) -> R:
+    """Send a command; a refusal becomes premd's ``<prefix><reason>`` (unknown service: ``Service not found.``).
+
+    ``timeout`` defaults to the request deadline; a command whose own work has a longer bound passes that.
+    """
     try:
-        return await bus.request(request.app[NC], subject, msg, reply, request.app[SETTINGS].request_timeout_s)
+        wait = request.app[SETTINGS].request_timeout_s if timeout is None else timeout
+        return await bus.request(request.app[NC], subject, msg, reply, wait)
     except AppError as exc:
         if exc.code == Code.SERVICE_NOT_FOUND:
             raise not_found() from None

@@ -8,6 +8,7 @@ from common import subjects
 from common.messages import AddRegistry, Empty, RegistryList, RemoveRegistry
 from gateway.apidoc import documented
 from gateway.errors import json_response, missing, read_body
+from gateway.keys import SETTINGS
 from gateway.operations import ask, catch_up
 from gateway.schemas import RegistryInput, RegistryResponse, SuccessResponse
 
@@ -30,7 +31,11 @@ async def list_registries(request: web.Request) -> web.Response:
 )
 async def add_registry(request: web.Request) -> web.Response:
     body = await read_body(request, RegistryInput)
-    await ask(request, subjects.REGISTRY_ADD, AddRegistry(url=body.url), Empty, "Failed to add registry ")
+    # registry_sync answers once the fetch (bounded by the fetch deadline) is validated and merged, or has
+    # failed: wait that long, plus the request deadline for the rest, so that the answer says what happened.
+    settings = request.app[SETTINGS]
+    wait = settings.registry_fetch_timeout_s + settings.request_timeout_s
+    await ask(request, subjects.REGISTRY_ADD, AddRegistry(url=body.url), Empty, "Failed to add registry ", wait)
     await catch_up(request, subjects.KV_CATALOG)  # the next listing has the registry's services
     return json_response(RegistryResponse(url=body.url))
 
