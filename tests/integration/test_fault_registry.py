@@ -175,6 +175,7 @@ async def test_a_flapping_registry_keeps_the_last_good_catalog_and_reports_each_
             _, after = await _json(client, "GET", "/v1/services/")
             assert after == good, f"{mode}: the catalog changed"
         flapping.mode = "ok"
-        result = await bus.request(nc, subjects.REGISTRY_REFRESH, RefreshRegistries(url=flapping.url), RefreshResult, 30)
+        again = RefreshRegistries(url=flapping.url)
+        result = await bus.request(nc, subjects.REGISTRY_REFRESH, again, RefreshResult, 30)
         assert [r.status for r in result.registries] == ["ok"] and result.registries[0].error is None
     assert set(flapping.served) == {"ok", "500", "garbage", "huge", "stall"}
