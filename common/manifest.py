@@ -6,7 +6,7 @@ Field names stay camelCase on the wire, exactly as registries write them.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -67,6 +67,9 @@ class Manifest(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     """Spelled snake_case in the registries, unlike every other key."""
     readiness_timeout_s: float | None = None
     """premd extension: per-service readiness deadline override."""
+    readiness_check: Literal["http", "tcp"] | None = None
+    """premd extension: how readiness is checked: ``http`` (``GET /v1/`` must answer 2xx or 400), ``tcp`` (the
+    port accepts and holds a connection). Unset: HTTP, falling back to TCP when ``/v1/`` answers 404."""
 
     def memory_requirements_mib(self) -> int | None:
         value = self.model_info.get("memoryRequirements")

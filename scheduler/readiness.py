@@ -3,6 +3,9 @@
 Rule (also in docs/architecture.md, "Starting a service"):
 - HTTP services: ``GET /v1/`` answers 2xx, or 400 as Prem App accepts. A peer that accepts the
   connection and answers something that is not HTTP is a non-HTTP service that is up: ready.
+- A service answering 404 to ``GET /v1/`` (a custom service premd never required it of) is checked by
+  TCP instead: it speaks HTTP, just not that route.
+- A manifest's ``readinessCheck`` (``http`` / ``tcp``) picks the check: ``http`` is strict (no fallback).
 - ``skipHealthCheck`` manifests and vector stores (redis, postgres, qdrant, weaviate: native protocols,
   no ``/v1/``): TCP. Connecting is not enough, because Docker's userland proxy accepts on the host port
   even when nothing listens in the container (it then closes at once): the connection must stay
@@ -32,8 +35,18 @@ ALIVE_CHECK_S = 0.5
 NON_HTTP_INTERFACES = frozenset({"vector-store"})
 
 
+Check = Literal["http", "http-or-tcp", "tcp"]
+
+
 def uses_http(manifest: Manifest) -> bool:
     return not manifest.skip_health_check and not NON_HTTP_INTERFACES.intersection(manifest.interfaces)
+
+
+def readiness_check(manifest: Manifest) -> Check:
+    """The manifest's ``readinessCheck`` when it has one; else HTTP with the TCP fallback, or TCP (see above)."""
+    if manifest.readiness_check is not None:
+        return manifest.readiness_check
+    return "http-or-tcp" if uses_http(manifest) else "tcp"
 
 
 async def _read_some(reader: asyncio.StreamReader, want: int) -> bytes:
@@ -47,6 +60,27 @@ async def _read_some(reader: asyncio.StreamReader, want: int) -> bytes:
 
 
 async def probe_http(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """``GET /v1/`` answers 2xx or 400 (or the peer speaks something that is not HTTP)."""
+    answer = await _get_v1(host, port, timeout)
+    return answer if isinstance(answer, bool) else _accepted(answer)
+
+
+async def probe_http_or_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """As ``probe_http``, but a 404 (no ``/v1/`` route) hands over to the TCP check."""
+    answer = await _get_v1(host, port, timeout)
+    if isinstance(answer, bool):
+        return answer
+    if answer == 404:
+        return await probe_tcp(host, port, timeout)
+    return _accepted(answer)
+
+
+def _accepted(status: int) -> bool:
+    return 200 <= status < 300 or status == 400
+
+
+async def _get_v1(host: str, port: int, timeout: float) -> bool | int:
+    """The status ``GET /v1/`` answers; True for a peer that is up and speaks no HTTP, False when not up."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
@@ -65,10 +99,9 @@ async def probe_http(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> 
     if not head.startswith(b"HTTP/"):
         return True
     try:
-        status = int(head.split(b" ")[1][:3])
+        return int(head.split(b" ")[1][:3])
     except (IndexError, ValueError):
         return False
-    return 200 <= status < 300 or status == 400
 
 
 async def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -90,6 +123,12 @@ async def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> b
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
+
+PROBES: dict[Check, Callable[[str, int], Awaitable[bool]]] = {
+    "http": probe_http,
+    "http-or-tcp": probe_http_or_tcp,
+    "tcp": probe_tcp,
+}
 
 Outcome = Literal["ready", "exited", "timeout"]
 

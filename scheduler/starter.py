@@ -21,7 +21,7 @@ from common.manifest import Manifest
 from common.messages import EventType, GpuInfo, GpuPlacement
 from scheduler.deps import Deps, Op
 from scheduler.docker_driver import ContainerInfo, ContainerSpec
-from scheduler.readiness import probe_http, probe_tcp, uses_http, wait_ready
+from scheduler.readiness import PROBES, readiness_check, wait_ready
 from scheduler.reconcile import Backoff, after_crash, image_repositories, owner
 from scheduler.state import NO_ERROR, NOT_RUNNING
 
@@ -205,7 +205,7 @@ class Starter:
         if port is None:
             outcome = "ready" if await self._alive(cid) else "exited"
         else:
-            check = probe_http if uses_http(manifest) else probe_tcp
+            check = PROBES[readiness_check(manifest)]
             probe = functools.partial(check, self.d.settings.service_host, port)
             outcome = await wait_ready(probe, functools.partial(self._alive, cid), deadline)
         if outcome == "exited":

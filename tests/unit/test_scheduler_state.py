@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import msgspec
 import pytest
 
-from scheduler.readiness import probe_http, probe_tcp, wait_ready
+from common.manifest import Manifest
+from scheduler.readiness import probe_http, probe_http_or_tcp, probe_tcp, readiness_check, wait_ready
 from scheduler.state import image_status, normalize_ref, split_ref
 
 
@@ -71,6 +73,30 @@ async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 async def test_http_probe(reply: bytes, ready: bool) -> None:
     async with _server(_answer(reply)) as port:
         assert await probe_http("127.0.0.1", port) is ready
+
+
+@pytest.mark.parametrize(
+    ("reply", "ready"),
+    [
+        (b"HTTP/1.1 404 Not Found\r\n\r\n", True),
+        (b"HTTP/1.1 503 Service Unavailable\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\n\r\n", True),
+    ],
+)
+async def test_http_probe_falls_back_to_tcp_on_404(reply: bytes, ready: bool) -> None:
+    """A custom service without ``GET /v1/`` is up when it answers 404 and holds a connection (defect 11)."""
+    async with _server(_answer(reply)) as port:
+        assert await probe_http_or_tcp("127.0.0.1", port) is ready
+
+
+def test_readiness_check_from_the_manifest() -> None:
+    base = {"id": "x", "name": "x", "interfaces": ["chat"]}
+    assert readiness_check(msgspec.convert(base, Manifest)) == "http-or-tcp"
+    assert readiness_check(msgspec.convert({**base, "readinessCheck": "http"}, Manifest)) == "http"
+    assert readiness_check(msgspec.convert({**base, "readinessCheck": "tcp"}, Manifest)) == "tcp"
+    assert readiness_check(msgspec.convert({**base, "skipHealthCheck": True}, Manifest)) == "tcp"
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({**base, "readinessCheck": "icmp"}, Manifest)
 
 
 async def test_probes_see_through_a_proxy_that_closes_at_once() -> None:
