@@ -1,0 +1,220 @@
+"""OpenAI-client benchmark: autostart, idle stop and ``GET /v1/models``, driven by the official ``openai`` SDK.
+
+One run, against an embedded nats-server, the scheduler on the real Docker engine running the reference
+service image, and the gateway (both in this process, as ``premd serve`` runs them):
+
+- cold request: a streamed chat for a stopped service (autostart on) until its first token, vs the same
+  request when the service is ready (warm);
+- idle stop: with ``X-Premd-Keep-Alive: 0``, from the end of the answer until the gateway's view shows the
+  service stopped (the ordinary stop operation, container removed);
+- ``GET /v1/models`` with 1,000 downloaded services in the catalog (autostart on: every one is listed).
+
+All traffic stays on 127.0.0.1. Usage: ``.venv/bin/python bench/bench_openai.py [--runs N]``; writes
+bench/results/openai.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiodocker
+import aiohttp
+import msgspec
+import nats
+import openai
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import subjects  # noqa: E402
+from common.embedded_nats import EmbeddedNats  # noqa: E402
+from common.jetstream import ensure_resources, kv_bucket  # noqa: E402
+from common.manifest import Manifest  # noqa: E402
+from common.messages import CatalogEntry, CatalogMeta, ServiceState  # noqa: E402
+from common.settings import Settings  # noqa: E402
+from gateway.app import create_app  # noqa: E402
+from gateway.keys import VIEW  # noqa: E402
+from scheduler.component import Scheduler  # noqa: E402
+from tests.testbed.base_image import BASE_IMAGE, ensure_base_image  # noqa: E402
+from tests.testbed.images import REF_IMAGE, REF_PORT, ensure_ref_image  # noqa: E402
+from tests.testbed.util import free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "openai.md"
+DEADLINE_S = 60.0
+CATALOG_SIZE = 1000
+LISTINGS = 50
+
+
+def _say(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def _manifest(service_id: str, image: str) -> Manifest:
+    raw = {
+        "id": service_id,
+        "name": service_id,
+        "interfaces": ["chat"],
+        "modelInfo": {"memoryRequirements": 64},
+        "dockerImages": {"cpu": {"image": image, "size": 1}},
+        "defaultPort": REF_PORT,
+        "defaultExternalPort": free_port(),
+        "envVariables": ["REF_TOKEN_DELAY_S=0"],
+    }
+    return msgspec.convert(raw, Manifest)
+
+
+async def _put_catalog(nc: NATS, manifests: list[Manifest]) -> None:
+    kv = await kv_bucket(nc.jetstream(), subjects.KV_CATALOG)
+    for manifest in manifests:
+        entry = CatalogEntry(manifest=manifest, origin="bench")
+        await kv.put(subjects.catalog_key(manifest.id), msgspec.json.encode(entry))
+    meta = CatalogMeta(generation=1, order=[m.id for m in manifests], registries=[], updated_at=time.time())
+    await kv.put(subjects.CATALOG_META_KEY, msgspec.json.encode(meta))
+
+
+async def _first_token(api: openai.AsyncOpenAI, model: str, keep_alive: str) -> tuple[float, float]:
+    """Seconds to the first streamed token, and until the stream ended."""
+    start = time.perf_counter()
+    stream = await api.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
+        extra_headers={"X-Premd-Keep-Alive": keep_alive},
+    )
+    first = None
+    async for _ in stream:
+        if first is None:
+            first = time.perf_counter() - start
+    return first or 0.0, time.perf_counter() - start
+
+
+async def _phase(app: web.Application, service_id: str, phase: str) -> None:
+    await app[VIEW].observed.wait_for(
+        lambda v: (s := v.get(service_id)) is not None and s.phase == phase, timeout=DEADLINE_S
+    )
+
+
+def _row(name: str, samples: list[float]) -> str:
+    ms = [s * 1000 for s in samples]
+    return (
+        f"| {name} | {len(ms)} | {statistics.median(ms):.1f} | {statistics.fmean(ms):.1f} | "
+        f"{min(ms):.1f} | {max(ms):.1f} |"
+    )
+
+
+async def main(runs: int) -> str:
+    async with aiodocker.Docker() as docker:
+        version = (await docker.version())["Version"]
+        image = await ensure_ref_image(docker, REF_IMAGE, ensure_base_image(BASE_IMAGE))
+    service_id = f"bench-oai-{uuid.uuid4().hex[:8]}"
+    cold: list[float] = []
+    warm: list[float] = []
+    idle: list[float] = []
+    listing: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="premd-bench-openai-") as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats", port=0)
+        await server.start()
+        settings = Settings(
+            nats_url=server.url, data_dir=tmp, registry_urls=(), autostart=True, idle_stop_s=-1.0, log_level="WARNING"
+        )
+        nc = await nats.connect(server.url)
+        await ensure_resources(nc.jetstream())
+        await _put_catalog(nc, [_manifest(service_id, image)])
+        scheduler_nc = await nats.connect(server.url)
+        scheduler = Scheduler(settings, scheduler_nc)
+        await scheduler.start()
+        app = create_app(settings, nc)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await app[VIEW].observed.wait_for(
+                lambda v: (s := v.get(service_id)) is not None and s.downloaded, timeout=DEADLINE_S
+            )
+            api = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0)
+            await _first_token(api, service_id, "0")  # warm-up: page cache, first connections
+            await _phase(app, service_id, "stopped")
+            for _ in range(runs):
+                first, _ = await _first_token(api, service_id, "-1")  # cold: autostarted, then kept up
+                cold.append(first)
+                first, _ = await _first_token(api, service_id, "0")  # warm; stopped once answered
+                warm.append(first)
+                ended = time.perf_counter()
+                await _phase(app, service_id, "stopped")
+                idle.append(time.perf_counter() - ended)
+            await api.close()
+
+            _say(f"putting {CATALOG_SIZE} downloaded services in the catalog")
+            manifests = [_manifest(f"bench-list-{i:04d}", image) for i in range(CATALOG_SIZE)]
+            await _put_catalog(nc, manifests)
+            observed = await kv_bucket(nc.jetstream(), subjects.KV_OBSERVED)
+            for manifest in manifests:  # as the scheduler records a downloaded, stopped service
+                state = ServiceState(service_id=manifest.id, downloaded=True, downloaded_image=image)
+                await observed.put(manifest.id, msgspec.json.encode(state))
+            await app[VIEW].observed.wait_for(lambda v: len(v) > CATALOG_SIZE, timeout=DEADLINE_S)
+            await app[VIEW].catalog.entries_mirror.wait_for(lambda v: len(v) > CATALOG_SIZE, DEADLINE_S)
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{port}/v1/models"
+                count = 0
+                for _ in range(LISTINGS):
+                    start = time.perf_counter()
+                    async with http.get(url) as resp:
+                        count = len((await resp.json())["data"])
+                    listing.append(time.perf_counter() - start)
+            _say(f"listed {count} models")
+        finally:
+            await runner.cleanup()
+            await scheduler.stop()
+            await scheduler_nc.close()
+            await nc.close()
+            async with aiodocker.Docker() as docker:
+                for c in await docker.containers.list(all=True):
+                    if (c._container.get("Labels") or {}).get("io.premd.service") == service_id:
+                        await c.delete(force=True)
+            await server.stop()
+    lines = [
+        "# OpenAI-client benchmark",
+        "",
+        "The official `openai` SDK against premd (scheduler and gateway in one process, embedded nats-server,",
+        "real Docker, the reference service image). Cold: a streamed chat for a stopped service with autostart",
+        "on, until the first token (start + readiness + the request). Warm: the same when the service is ready.",
+        "Idle stop: `X-Premd-Keep-Alive: 0`, from the end of the answer until the view shows the service",
+        f"stopped. `GET /v1/models` with {CATALOG_SIZE} downloaded services in the catalog, all listed.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {os.cpu_count()} cores, {platform.machine()} |",
+        f"| Python | {platform.python_version()} |",
+        f"| Docker | {version} |",
+        "",
+        "| measure | runs | p50 ms | mean ms | min ms | max ms |",
+        "|---|---|---|---|---|---|",
+        _row("cold: autostart to first token", cold),
+        _row("warm: first token", warm),
+        _row("idle stop: answer end to stopped", idle),
+        _row(f"GET /v1/models ({CATALOG_SIZE} listed)", listing),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    report = asyncio.run(main(args.runs))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(report)
+    print(report)
