@@ -134,6 +134,7 @@ async def main(runs: int) -> str:
         scheduler_nc = await nats.connect(server.url)
         scheduler = Scheduler(settings, scheduler_nc)
         await scheduler.start()
+        scheduler_running = True
         app = create_app(settings, nc)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -155,7 +156,10 @@ async def main(runs: int) -> str:
                 await _phase(app, service_id, "stopped")
                 idle.append(time.perf_counter() - ended)
             await api.close()
-
+            # The listing is the gateway's alone: the scheduler is stopped first, so that the states written
+            # below (as it would write them) are not the scheduler's to reconcile.
+            await scheduler.stop()
+            scheduler_running = False
             _say(f"putting {CATALOG_SIZE} downloaded services in the catalog")
             manifests = [_manifest(f"bench-list-{i:04d}", image) for i in range(CATALOG_SIZE)]
             await _put_catalog(nc, manifests)
@@ -176,7 +180,8 @@ async def main(runs: int) -> str:
             _say(f"listed {count} models")
         finally:
             await runner.cleanup()
-            await scheduler.stop()
+            if scheduler_running:
+                await scheduler.stop()
             await scheduler_nc.close()
             await nc.close()
             async with aiodocker.Docker() as docker:
