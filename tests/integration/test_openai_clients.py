@@ -262,6 +262,18 @@ async def test_idle_stop_stops_only_services_started_on_demand(
             )
             assert reply.choices[0].message.content
 
+        # Kept up ("never") by this gateway...
+        await api.chat.completions.create(
+            model=demanded, messages=[{"role": "user", "content": "stay"}], extra_headers={"X-Premd-Keep-Alive": "-1"}
+        )
+        await wait_observed(js, demanded, lambda s: s.phase == "ready")
+
+    # ...then premd restarts: "started on demand" is the scheduler's record in KV, so a new gateway (with a
+    # short setting, and no memory of the header) stops it once idle.
+    async with premd(settings, nc, autostart=True, idle_stop_s=0.5) as (client, api):
+        await wait_observed(js, demanded, lambda s: s.phase == "stopped", timeout=DEADLINE_S)
+        assert ((await api.models.retrieve(demanded)).model_extra or {})["premd"]["state"] == "stopped"
+
 
 async def test_scheduler_refuses_an_idle_stop_of_a_users_service(
     settings: Settings, nc: NATS, js: JetStreamContext, ref_image: str, service_ids: Callable[[], str]
