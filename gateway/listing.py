@@ -4,15 +4,22 @@ Prem App polls ``GET /v1/services/`` every 10 s; the answer changes only when th
 observed state or the host facts change, so the encoded JSON is kept until one of them does. When one
 of them changes, only the services it touched are encoded again: each service's JSON is kept with the
 inputs it was made from (entry, observed state, fit flags), and the list is those pieces joined.
+
+Host facts are rewritten every few seconds (free memory and disk move a little each time) but the flags
+they feed flip only when a free amount crosses some service's requirement. So the sorted requirements of
+the catalog are kept too: new facts that cross none of them leave the encoded list as it is, without
+looking at a single service (a poll then costs what an unchanged list costs).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import msgspec
 
-from common.fit import Fit
+from common.fit import MIB, Fit
 from common.messages import CatalogEntry, HostFacts, ServiceState
 from gateway.schemas import Service
 from gateway.service_json import fit_of, proxy_base_url, service_json
@@ -36,6 +43,7 @@ class _OriginCache:
         self.version: tuple[object, ...] = ()
         self.pieces: dict[str, _Piece] = {}
         self.listing: tuple[list[Service], bytes] = ([], b"[]")
+        self.thresholds = _Thresholds([], [])
 
 
 class Listing:
@@ -59,8 +67,12 @@ class Listing:
             cache = self._by_origin[origin] = _OriginCache()
         elif _same(version, cache.version):
             return cache.listing
+        elif _same(version[:3], cache.version[:3]) and cache.thresholds.same_flags(cache.version[3], version[3]):
+            cache.version = version  # only the host facts moved, and no service's flags with them
+            return cache.listing
         cache.version = version
         cache.pieces = self._pieces(cache.pieces, scheme, host)
+        cache.thresholds = _Thresholds.of(piece.entry for piece in cache.pieces.values())
         services = [piece.service for piece in cache.pieces.values()]
         cache.listing = (services, _json_array([piece.data for piece in cache.pieces.values()]))
         return cache.listing
@@ -93,6 +105,51 @@ class Listing:
             return None
         base_url = proxy_base_url(scheme, host, service_id)
         return service_json(entry, self._view.state(service_id), self._view.host, base_url)
+
+
+class _Thresholds:
+    """The catalog's memory requirements (MiB) and image sizes (bytes), sorted: where fit flags flip."""
+
+    def __init__(self, needs: list[int], sizes: list[int]) -> None:
+        self.needs, self.sizes = needs, sizes
+
+    @classmethod
+    def of(cls, entries: Iterable[CatalogEntry]) -> _Thresholds:
+        needs: list[int] = []
+        sizes: list[int] = []
+        for entry in entries:
+            manifest = entry.manifest
+            need = manifest.memory_requirements_mib()
+            if need is not None:
+                needs.append(need)
+            images = manifest.docker_images
+            if images is not None:
+                sizes.extend(image.size for image in (images.cpu, images.gpu) if image is not None)
+        return cls(sorted(needs), sorted(sizes))
+
+    def same_flags(self, old: object, new: object) -> bool:
+        """True when every service's fit flags (common.fit.assess) are the same under both host facts."""
+        if not isinstance(old, HostFacts) or not isinstance(new, HostFacts) or bool(old.gpus) != bool(new.gpus):
+            return False
+        if self._side(self.sizes, old.disk_free_bytes) != self._side(self.sizes, new.disk_free_bytes):
+            return False
+        for a, b in zip(_memory_mib(old), _memory_mib(new), strict=True):
+            if self._side(self.needs, a) != self._side(self.needs, b):
+                return False
+        return True
+
+    @staticmethod
+    def _side(values: list[int], amount: int) -> int:
+        """How many of ``values`` are <= ``amount`` (the requirements that amount meets)."""
+        return bisect_right(values, amount)
+
+
+def _memory_mib(facts: HostFacts) -> tuple[int, ...]:
+    """Every free and total amount assess() compares requirements with: system RAM, and the best GPU's."""
+    amounts: tuple[int, ...] = (facts.memory_available_bytes // MIB, facts.memory_total_bytes // MIB)
+    if facts.gpus:
+        amounts += (max(g.memory_free_mib for g in facts.gpus), max(g.memory_total_mib for g in facts.gpus))
+    return amounts
 
 
 def _json_array(items: list[bytes]) -> bytes:

@@ -7,17 +7,13 @@ One run, interleaved so that drift hits both alike:
   every 10 ms until 200; then force-delete.
 - acceptance: the time ``StartService`` takes to be answered (validated, fit-checked, desired state in KV).
 
-Usage: ``.venv/bin/python bench/bench_scheduler.py [--runs N]``; writes bench/results/scheduler.md.
-Needs the Docker engine and the reference image (built by the test bed when missing).
+Part of ``python -m bench``. Needs the Docker engine and the reference image (built by the test bed when missing).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,14 +27,12 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common import bus, subjects  # noqa: E402
-from common.embedded_nats import EmbeddedNats  # noqa: E402
-from common.jetstream import ensure_resources, kv_bucket, kv_get  # noqa: E402
-from common.manifest import Manifest  # noqa: E402
-from common.messages import (  # noqa: E402
+from bench.core import ROOT, Figure, Progress, free_port
+from common import bus, subjects
+from common.embedded_nats import EmbeddedNats
+from common.jetstream import ensure_resources, kv_bucket, kv_get
+from common.manifest import Manifest
+from common.messages import (
     CatalogEntry,
     CatalogMeta,
     OperationAccepted,
@@ -48,45 +42,11 @@ from common.messages import (  # noqa: E402
     StartService,
     StopService,
 )
-from tests.testbed.base_image import BASE_IMAGE, ensure_base_image  # noqa: E402
-from tests.testbed.images import REF_IMAGE, REF_PORT, ensure_ref_image  # noqa: E402
+from tests.testbed.base_image import BASE_IMAGE, ensure_base_image
+from tests.testbed.images import REF_IMAGE, REF_PORT, ensure_ref_image
 
-RESULTS = ROOT / "bench" / "results" / "scheduler.md"
 DEADLINE_S = 60.0
 PLAIN_POLL_S = 0.01
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _machine(docker_version: str) -> list[tuple[str, str]]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
-    return [
-        ("CPU", f"{cpu} x {os.cpu_count()}"),
-        ("Memory", f"{mem_kib / 1024 / 1024:.1f} GiB"),
-        ("Kernel", platform.release()),
-        ("Python", platform.python_version()),
-        ("Docker engine", docker_version),
-    ]
 
 
 async def _put_catalog(nc: NATS, manifest: Manifest) -> None:
@@ -133,7 +93,7 @@ async def _premd_once(nc: NATS, service_id: str) -> tuple[float, float]:
 
 
 async def _plain_once(docker: aiodocker.Docker, http: aiohttp.ClientSession, image: str) -> float:
-    port = _free_port()
+    port = free_port()
     key = f"{REF_PORT}/tcp"
     config: dict[str, Any] = {
         "Image": image,
@@ -159,15 +119,10 @@ async def _plain_once(docker: aiodocker.Docker, http: aiohttp.ClientSession, ima
         await container.delete(force=True)
 
 
-def _row(name: str, values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p50 = statistics.median(ms)
-    return f"| {name} | {len(ms)} | {p50:.1f} | {statistics.fmean(ms):.1f} | {ms[0]:.1f} | {ms[-1]:.1f} |"
-
-
-async def main(runs: int) -> str:
+async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
+    runs = 3 if quick else 5 * reps
+    progress.step(f"scheduler: create-to-ready, {runs} starts each way")
     async with aiodocker.Docker() as docker:
-        version = (await docker.version())["Version"]
         image = await ensure_ref_image(docker, REF_IMAGE, ensure_base_image(BASE_IMAGE))
     with tempfile.TemporaryDirectory(prefix="premd-bench-sched-") as tmp:
         server = EmbeddedNats(Path(tmp) / "nats", port=0)
@@ -184,7 +139,7 @@ async def main(runs: int) -> str:
                 "interfaces": ["chat"],
                 "dockerImages": {"cpu": {"image": image, "size": 1}},
                 "defaultPort": REF_PORT,
-                "defaultExternalPort": _free_port(),
+                "defaultExternalPort": free_port(),
             }
             await _put_catalog(nc, msgspec.convert(raw, Manifest))
             proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scheduler", env=env, cwd=ROOT)
@@ -206,36 +161,19 @@ async def main(runs: int) -> str:
                 proc.terminate()
                 await proc.wait()
             await server.stop()
-    diff = statistics.median(premd) - statistics.median(plain)
-    lines = [
-        "# Scheduler benchmark",
-        "",
-        "Create-to-ready of the reference service (`premd-test/ref-service:1`, a stdlib HTTP server) through",
-        "premd's scheduler (a separate `python -m scheduler` process, commands over NATS, ready = its",
-        '"succeeded" event) vs a plain aiodocker create + start + `GET /v1/` every 10 ms, interleaved in one run.',
-        "",
-        "| machine | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in _machine(version)],
-        "",
-        "| path | runs | p50 ms | mean ms | min ms | max ms |",
-        "|---|---|---|---|---|---|",
-        _row("premd start -> ready event", premd),
-        _row("plain create + start + poll", plain),
-        _row("premd start acceptance (reply)", accept),
-        "",
-        f"premd - plain (p50): {diff * 1000:+.1f} ms (aim: within 50 ms); "
-        f"acceptance p50 {statistics.median(accept) * 1000:.2f} ms (aim: under 5 ms).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
-    report = asyncio.run(main(args.runs))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
+    plain_fig = figures.setdefault(
+        "lifecycle.ready.plain", Figure("lifecycle.ready.plain", "create-to-ready: aiodocker create + start + poll")
+    )
+    plain_fig.add_run(plain)
+    figures.setdefault(
+        "lifecycle.ready.premd",
+        Figure(
+            "lifecycle.ready.premd",
+            "create-to-ready: premd StartService to its ready event",
+            baseline="lifecycle.ready.plain",
+            goal="within 50 ms of plain",
+        ),
+    ).add_run(premd)
+    figures.setdefault(
+        "lifecycle.accept", Figure("lifecycle.accept", "StartService acceptance (reply)", goal="under 5 ms")
+    ).add_run(accept)

@@ -1,19 +1,13 @@
 """Benchmark: fetch + validate + publish of a 10,000-manifest registry, and its refresh when unchanged.
 
-Run: ``.venv/bin/python -m bench.bench_registry [--manifests 10000] [--runs 5]``. Starts its own nats-server
-(JetStream in a temporary directory) and a local HTTP server, drives registry_sync over the bus, prints a
-table and writes it to bench/results/registry.md.
+Part of ``python -m bench``. Starts its own nats-server (JetStream in a temporary directory) and a local
+HTTP server and drives registry_sync over the bus; times are bus round trips measured by a client.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +17,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from bench.core import ROOT, Figure, Progress
 from common import bus, subjects
 from common.embedded_nats import EmbeddedNats
 from common.messages import Ack, AddRegistry, RefreshRegistries, RefreshResult, RegistryStatus, RemoveRegistry
@@ -31,9 +26,7 @@ from registry_sync.component import RegistrySync
 from registry_sync.merge import encode_entries
 from registry_sync.validate import parse_document
 
-ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "registry_sync" / "bundled" / "main.json"
-RESULTS = ROOT / "bench" / "results" / "registry.md"
 
 
 def generate(count: int, documentation: bool) -> bytes:
@@ -78,16 +71,6 @@ async def timed(fn: Callable[[], Awaitable[object]]) -> float:
     start = time.perf_counter()
     await fn()
     return time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def measure(count: int, runs: int, documentation: bool) -> dict[str, list[float]]:
@@ -136,43 +119,13 @@ async def measure(count: int, runs: int, documentation: bool) -> dict[str, list[
     return results
 
 
-def table(count: int, runs: int, sets: dict[str, dict[str, list[float]]]) -> str:
-    lines = [
-        f"# registry_sync benchmark: {count} manifests, median of {runs} runs",
-        "",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
-        f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
-        f"- load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (other work shares the machine)",
-        "- nats-server (embedded, JetStream file storage in a temp dir) and the HTTP server on 127.0.0.1;",
-        "  times are bus round trips measured by a client (request to reply).",
-        "",
-        "| variant | document | step | median | min | max |",
-        "|---|---|---|---|---|---|",
-    ]
-    for variant, results in sets.items():
-        size = f"{results['size_mb'][0]:.1f} MB"
+async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
+    """registry_sync with 32, 1,000 and 10,000 manifests (compact documents: documentation stripped)."""
+    for count in (32, 1000, 10_000):
+        progress.step(f"registry: {count:,} manifests")
+        results = await measure(count, 1 if quick and count == 10_000 else reps, documentation=False)
+        size = results.pop("size_mb")[0]
         for step, values in results.items():
-            if step == "size_mb":
-                continue
-            median, low, high = (f"{v * 1000:.0f} ms" for v in (statistics.median(values), min(values), max(values)))
-            lines.append(f"| {variant} | {size} | {step} | {median} | {low} | {high} |")
-    return "\n".join(lines) + "\n"
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--manifests", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    sets = {
-        "compact (no documentation)": await measure(args.manifests, args.runs, documentation=False),
-        "full (main's READMEs)": await measure(args.manifests, args.runs, documentation=True),
-    }
-    text = table(args.manifests, args.runs, sets)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+            key = f"registry.{count}.{step.split(':')[0].split(',')[0].replace(' ', '-')}"
+            title = f"registry_sync, {count:,} manifests ({size:.1f} MB): {step}"
+            figures.setdefault(key, Figure(key, title)).add_run(values)

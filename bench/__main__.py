@@ -1,0 +1,64 @@
+"""``python -m bench``: every measurement of premd, side by side, into bench/results/report.md + report.json.
+
+Sets up what it needs (an embedded nats-server, stand-in services, the test bed's reference image on the
+Docker engine for the scheduler's figures) and tears it down. ``--quick`` is a smoke run with few samples;
+``--only gateway,registry`` runs some suites. A bench never fails for being slow: the report says which goals
+were met and by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench import gateway, registry, scheduler, serve
+from bench.core import RESULTS, Figure, Progress, machine
+from bench.report import write
+
+Suite = Callable[[dict[str, Figure], Progress, bool, int], Awaitable[None]]
+SUITES: dict[str, tuple[Suite, int]] = {
+    # name: (run, progress steps per repetition)
+    "gateway": (gateway.run, 4),
+    "registry": (registry.run, 0),
+    "scheduler": (scheduler.run, 0),
+    "serve": (serve.run, 0),
+}
+FIXED_STEPS = {"gateway": 2, "registry": 3, "scheduler": 1, "serve": 1}
+
+
+async def main(only: list[str], quick: bool, reps: int, out: Path) -> None:
+    details = machine()
+    figures: dict[str, Figure] = {}
+    notes: list[str] = []
+    total = sum(SUITES[name][1] * reps + FIXED_STEPS[name] for name in only)
+    progress = Progress(total)
+    for name in only:
+        run, _ = SUITES[name]
+        try:
+            await run(figures, progress, quick, reps)
+        except Exception as exc:  # a suite that cannot run here (no Docker) is reported, the others go on
+            notes.append(f"suite {name!r} did not complete: {exc!r}")
+            progress.say(f"{name}: {exc!r}")
+    write(out, details, figures, reps, quick, notes)
+    progress.say(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3, quick 1)")
+    parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites of {', '.join(SUITES)}")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    args = parser.parse_args()
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in only if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(unknown)}")
+    reps = args.reps or (1 if args.quick else 3)
+    asyncio.run(main(only, args.quick, reps, args.out))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,71 @@
+"""The bench's pure parts: statistics of figures and the report (Markdown, JSON, plots) they make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.core import Figure, added, percentile, ratio
+from bench.report import goals, write
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = [float(i) for i in range(1, 101)]
+    assert percentile(samples, 0.5) == 50.0
+    assert percentile(samples, 0.99) == 99.0
+    assert percentile(samples, 1.0) == 100.0
+    assert percentile([3.0], 0.99) == 3.0
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_figure_summary_spread_ratio_and_added() -> None:
+    direct = Figure("proxy.get.direct", "direct")
+    via = Figure("proxy.get.premd", "premd", baseline="proxy.get.direct")
+    direct.add_run([1.0, 1.0, 1.0])
+    direct.add_run([2.0, 2.0, 2.0])
+    via.add_run([1.5, 1.5, 1.5])
+    via.add_run([3.0, 3.0, 3.0])
+    summary = via.summary()
+    assert (summary["spread_low"], summary["spread_high"], summary["n"]) == (1.5, 3.0, 6.0)
+    assert ratio(via, direct) == pytest.approx(2.25 / 1.5)
+    assert added(via, direct) == [0.5, 1.0]
+
+
+def _figures() -> dict[str, Figure]:
+    figures: dict[str, Figure] = {}
+    for kind in ("get", "embed"):
+        for name, ms in (("direct", 0.2), ("premd", 0.35), ("before", 0.7), ("floor", 0.7)):
+            fig = Figure(f"proxy.{kind}.{name}", f"{kind} {name}", baseline=None if name == "direct" else "x")
+            fig.add_run([ms / 1000 + i * 1e-6 for i in range(100)])
+            figures[fig.key] = fig
+    for size, ms in ((1000, 2.0), (10_000, 40.0)):
+        for case in ("steady", "facts"):
+            fig = Figure(f"listing.{size}.{case}", f"list {size} {case}")
+            fig.add_run([ms / 1000] * 10)
+            figures[fig.key] = fig
+    rps = {"direct": 1000.0, "premd": 800.0}
+    for name, value in rps.items():
+        figures[f"proxy.rps.{name}"] = Figure(f"proxy.rps.{name}", name, unit="req/s", runs=[[value]])
+    return figures
+
+
+def test_goals_say_met_or_not_from_the_figures() -> None:
+    by_goal = {g["goal"]: g for g in goals(_figures())}
+    assert by_goal["get premd: added <= 0.25 ms p50, <= 1 ms p99"]["met"] is True
+    assert by_goal["proxy throughput >= 70% of direct at 16 connections"]["measured"] == "80%"
+    listing = [g for g in by_goal.values() if g["goal"].startswith("GET /v1/services/")]
+    assert [g["met"] for g in listing] == [True, False]
+
+
+def test_report_files(tmp_path: Path) -> None:
+    write(tmp_path, {"cpu": "test"}, _figures(), reps=1, quick=True, notes=["a note"])
+    text = (tmp_path / "report.md").read_text()
+    assert "## Goals (issue 13)" in text and "a note" in text
+    document = json.loads((tmp_path / "report.json").read_text())
+    assert document["machine"] == {"cpu": "test"}
+    assert {row["key"] for row in document["figures"]} >= {"proxy.get.premd", "listing.1000.facts"}
+    for name in ("proxy_latency.png", "listing.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
