@@ -29,8 +29,9 @@ def test_chunked_body_ends_after_the_trailers_whatever_the_split(size: int) -> N
 
 def test_length_body_takes_exactly_its_length() -> None:
     framing = BodyFraming(5, chunked=False)
-    assert framing.feed(b"abc") == 3 and not framing.done
-    assert framing.feed(b"deNEXT") == 2 and framing.done
+    assert (framing.feed(b"abc"), framing.remaining) == (3, 2)
+    assert (framing.feed(b"deNEXT"), framing.remaining) == (2, 0)
+    assert framing.done
     assert framing.feed(b"more") == 0
 
 
