@@ -19,6 +19,7 @@ from common import bus
 from common.errors import SettingsError
 from common.jetstream import ensure_resources
 from common.logs import setup_logging
+from common.loop import run as run_loop
 from common.settings import Settings
 from common.version import VERSION
 
@@ -124,7 +125,7 @@ def main_for(cls: ComponentType) -> None:
         finally:
             await running.stop()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
 class ServiceComponent(Component):

@@ -67,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from common.component import load_settings
     from common.embedded_nats import NatsServerError
     from common.logs import setup_logging
+    from common.loop import run as run_loop
 
     settings = load_settings()
     setup_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        run_loop(serve(settings))
     except NatsServerError as exc:  # e.g. its port is taken: one line that says what to do, no traceback
         print(f"premd: {exc}", file=sys.stderr)
         return 1
