@@ -1,10 +1,11 @@
-"""The byte-stream path for ``/proxy/``: the gateway's listening socket, in front of aiohttp.
+"""The byte-stream path for ``/proxy/`` and the OpenAI routes: the gateway's listening socket, before aiohttp.
 
 aiohttp's request and response objects cost about half a millisecond per proxied request (bench/ measures
 it), more than the services' own answers. So every connection first meets :class:`FrontConnection`: it
 reads the request head itself, and when it is a plain ``/proxy/<id>/...`` request that premd lets through
 to a ready service (the same checks as the aiohttp route: :class:`gateway.security.Guard` and
-:func:`gateway.proxy.resolve`), it writes the head to a pooled connection to the service and passes the
+:func:`gateway.proxy.resolve`), or an OpenAI request whose ``model`` (read by :func:`gateway.openai.model_of`
+from the buffered body) names a ready service, it writes the head to a pooled connection to the service and passes the
 body bytes through as they come, both ways, without re-framing them (Content-Length and chunked bodies are
 only delimited, never decoded). Everything else is *handed over*: the connection, with the bytes read so
 far, goes to aiohttp's own protocol and stays there, so premd's API, preflights, refusals, error answers,
@@ -30,8 +31,9 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from gateway import cors, proxy
+from gateway import cors, openai, proxy
 from gateway.errors import ApiError
+from gateway.idle import IDLE, KEEP_ALIVE_HEADER
 from gateway.keys import SETTINGS
 from gateway.metrics import METRICS
 from gateway.security import GUARD, TOKEN_QUERY
@@ -51,6 +53,8 @@ CLIENT_IDLE_S = 75.0
 """An idle client connection is closed after this long (aiohttp's keep-alive timeout)."""
 UPSTREAM_IDLE_S = 30.0
 """An idle pooled connection to a service is closed after this long."""
+STARTED, AIOHTTP, WAIT = "started", "aiohttp", "wait"
+"""What the front does with a request head: forwarded, handed to aiohttp, or not yet known (body to come)."""
 PROXY_ROUTE = "/proxy/{service_id}/{path}"
 PROXY_ROOT_ROUTE = "/proxy/{service_id}"
 
@@ -305,6 +309,9 @@ class Exchange:
         self.front, self.service_id, self.target = front, service_id, target
         self.framing, self.method, self.origin, self.route = framing, method, origin, route
         self.metrics = front.app[METRICS]
+        self.idle = front.app[IDLE]
+        self.idle.begin(service_id)  # a request through /proxy/ is activity (the idle stop waits for its end)
+        self.booked = False
         self.upstream: Upstream | None = None
         self.client_head = client_head
         self.retained: list[bytes] | None = []  # the request's body so far, until the first answer byte
@@ -517,7 +524,13 @@ class Exchange:
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
 
+    def end_activity(self) -> None:
+        if not self.booked:
+            self.booked = True
+            self.idle.end(self.service_id)
+
     def _account(self) -> None:
+        self.end_activity()
         metrics = self.metrics
         metrics.proxy_bytes.inc((self.service_id, "in"), self.sent)
         metrics.proxy_bytes.inc((self.service_id, "out"), self.received)
@@ -619,63 +632,98 @@ class FrontConnection(asyncio.Protocol):
                     self.hand_over()
                 return
             self._disarm_idle()
-            if not self._start(bytes(self.buffer[: end + 4])):
+            verdict = self._start(bytes(self.buffer[: end + 4]), end + 4)
+            if verdict == WAIT:
+                return
+            if verdict == AIOHTTP:
                 self.hand_over()
                 return
             del self.buffer[: end + 4]
 
-    def _start(self, raw: bytes) -> bool:
-        """Begin forwarding the request with this head; False when it is aiohttp's to answer."""
-        if not raw.startswith(b"/proxy/", raw.find(b" ") + 1):
-            return False
+    def _start(self, raw: bytes, body_at: int) -> str:
+        """Begin forwarding the request with this head: STARTED, AIOHTTP (its to answer) or WAIT (for the body)."""
+        space = raw.find(b" ") + 1
+        openai_route = raw.startswith(b"POST /v1/")
+        if not openai_route and not raw.startswith(b"/proxy/", space):
+            return AIOHTTP
         head, parser = _parse(httptools.HttpRequestParser, raw)
         if parser is None or not head.complete or parser.get_http_version() != "1.1":
-            return False
+            return AIOHTTP
         method = parser.get_method().decode("latin-1")
         names = {name for name, _ in head.headers}
         if method == "OPTIONS" or names & {b"upgrade", b"expect"}:
-            return False
+            return AIOHTTP
         framing = _framing(head.headers, no_body=False)
-        if framing is None or framing.until_close:
-            framing = None if framing is None else BodyFraming(0, chunked=False)  # a request without a length has none
         if framing is None:
-            return False
+            return AIOHTTP
+        if framing.until_close:  # a request without a length has no body
+            framing = BodyFraming(0, chunked=False)
         target = head.url.decode("utf-8", "surrogateescape")
-        parts = target.split("?", 1)[0].split("/", 3)
-        service_id = parts[2]
-        if not service_id or "%" in service_id:
-            return False
+        path, _, query = target.partition("?")
         request = RequestHead(method, target, head.headers)
+        if openai_route:
+            found = self._openai_target(request, framing, body_at)
+            if isinstance(found, str):
+                return found
+            service_id, prefix, upstream_path, route = found
+        else:
+            parts = path.split("/", 3)
+            service_id = parts[2]
+            if not service_id or "%" in service_id:
+                return AIOHTTP
+            prefix, upstream_path = f"/proxy/{service_id}", "/" + parts[3] if len(parts) > 3 else "/"
+            route = PROXY_ROUTE if len(parts) > 3 else PROXY_ROOT_ROUTE
         if self.front.guard.refusal(cast(web.Request, request)) is not None:
-            return False
+            return AIOHTTP
         try:
             address = proxy.resolve(self.app, service_id)
         except ApiError:
-            return False
+            return AIOHTTP  # not ready, unknown, autostart: the aiohttp route says so, or waits
         self.keep_alive = parser.should_keep_alive()
-        upstream_head = self._upstream_head(method, target, request, head.headers, address, service_id)
-        route = PROXY_ROUTE if len(parts) > 3 else PROXY_ROOT_ROUTE
+        upstream_head = self._upstream_head(method, upstream_path, query, head.headers, address, prefix)
         origin = request.headers.get("Origin")
         exchange = Exchange(self, service_id, address, raw, upstream_head, framing, method, origin, route)
         self.exchange = exchange
         self.front.spawn(exchange.connect())
         if framing.done:
             exchange.client_body_done()
-        return True
+        return STARTED
+
+    def _openai_target(
+        self, request: RequestHead, framing: BodyFraming, body_at: int
+    ) -> str | tuple[str, str, str, str]:
+        """For an OpenAI route: (service id, prefix, path, route) from the body's ``model``, or a verdict.
+
+        What the model is and whether the request may go is openai.py's (the aiohttp route answers every
+        other case: bad JSON, unknown model, autostart, the keep-alive header).
+        """
+        if request.path not in openai.FORWARDED_PATHS or request.path == openai.MULTIPART_PATH:
+            return AIOHTTP
+        if framing.chunked or KEEP_ALIVE_HEADER in request.headers:
+            return AIOHTTP
+        length = framing.remaining
+        if length > self.app[SETTINGS].openai_max_body_bytes:
+            return AIOHTTP
+        if len(self.buffer) - body_at < length:
+            return WAIT if len(self.buffer) <= RETAIN else AIOHTTP
+        body = bytes(self.buffer[body_at : body_at + length])
+        try:
+            model = openai.model_of(cast(web.Request, request), body)
+        except ApiError:
+            return AIOHTTP
+        return model, "", request.path, request.path
 
     def _upstream_head(
         self,
         method: str,
-        target: str,
-        request: RequestHead,
+        upstream_path: str,
+        query: str,
         headers: list[tuple[bytes, bytes]],
         address: str,
-        service_id: str,
+        prefix: str,
     ) -> bytes:
+        """The head the service gets (what gateway.proxy.forward_headers sends)."""
         settings = self.app[SETTINGS]
-        path, _, query = target.partition("?")
-        parts = path.split("/", 3)
-        upstream_path = "/" + parts[3] if len(parts) > 3 else "/"
         if query and settings.api_token:
             query = "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != TOKEN_QUERY)
         if query:
@@ -704,7 +752,9 @@ class FrontConnection(asyncio.Protocol):
         peer_ip = (peer[0] if isinstance(peer, tuple) else "").encode()
         lines.append(b"X-Forwarded-For: " + (forwarded_for + b", " + peer_ip if forwarded_for else peer_ip) + b"\r\n")
         lines.append(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: " + host + b"\r\n")
-        lines.append(f"X-Forwarded-Prefix: /proxy/{service_id}\r\n\r\n".encode("utf-8", "surrogateescape"))
+        if prefix:
+            lines.append(f"X-Forwarded-Prefix: {prefix}\r\n".encode("utf-8", "surrogateescape"))
+        lines.append(b"\r\n")
         return b"".join(lines)
 
     # -------------------------------------------------------- writing answers
@@ -758,6 +808,7 @@ class FrontConnection(asyncio.Protocol):
             self.close()
             return
         exchange.finished = True
+        exchange.end_activity()  # aiohttp's route counts the retried request itself
         self.exchange = None
         self.buffer[0:0] = exchange.client_head + b"".join(exchange.retained)
         self.hand_over()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from gateway.idle import IDLE
 from tests.integration.edge_support import Client
+from tests.testbed.util import wait_until
 
 DEADLINE_S = 10.0
 
@@ -93,3 +95,49 @@ async def test_malformed_proxy_request_gets_aiohttps_400(edge: tuple[Client, str
     finally:
         writer.close()
     assert status == 400
+
+
+async def test_a_proxied_request_is_activity_until_its_last_byte(edge: tuple[Client, str]) -> None:
+    """The idle stop must not stop a service while a request through /proxy/ is still streaming from it."""
+    client, sid = edge
+    assert client.app is not None
+    idle = client.app[IDLE]
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = json.dumps({**chat, "ref_tokens": 4, "ref_token_delay_s": 0.3}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(_post(f"/proxy/{sid}/v1/chat/completions", body))
+
+        async def in_flight() -> bool:
+            return idle.in_flight(sid) == 1
+
+        await wait_until(in_flight, deadline_s=DEADLINE_S, interval=0.02, what="the request counted as activity")
+        status, _, answer = await _read_answer(reader)
+    finally:
+        writer.close()
+    assert status == 200 and b"[DONE]" in answer
+    assert idle.in_flight(sid) == 0
+
+
+async def test_openai_request_whose_body_comes_later_reaches_its_model(edge: tuple[Client, str]) -> None:
+    """The front waits for the body to read ``model`` (head and body in separate segments)."""
+    client, sid = edge
+    body = json.dumps({"model": sid, "input": "hello"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(f"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)  # a separate TCP segment (not a readiness wait)
+        writer.write(body[:5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[5:])
+        status, _, answer = await _read_answer(reader)
+        assert status == 200 and json.loads(answer)["object"] == "list"
+        # An unknown model on the same connection: aiohttp's route answers in OpenAI's shape.
+        unknown = json.dumps({"model": "no-such-model", "input": "x"}).encode()
+        writer.write(_post("/v1/embeddings", unknown))
+        status, _, answer = await _read_answer(reader)
+        assert status == 404 and json.loads(answer)["error"]["code"] == "model_not_found"
+    finally:
+        writer.close()
