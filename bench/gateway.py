@@ -271,7 +271,7 @@ def _fig(figures: dict[str, Figure], key: str, title: str, **kw: object) -> Figu
 
 
 async def _proxy(figures: dict[str, Figure], progress: Progress, p: Ports, quick: bool, reps: int) -> None:
-    total = 300 if quick else 2000
+    total = 300 if quick else 1000
     variants = {
         "direct": (p.upstream, ""),
         "premd": (p.premd, f"/proxy/{FAST_ID}"),
@@ -301,7 +301,7 @@ async def _proxy(figures: dict[str, Figure], progress: Progress, p: Ports, quick
             base = None if name == "direct" else f"proxy.{kind}.direct"
             _fig(figures, f"proxy.{key}", f"{request}: {title}", baseline=base).add_run(values)
         progress.step(f"proxy throughput, repetition {rep + 1}/{reps}")
-        seconds = 1.0 if quick else 3.0
+        seconds = 1.0 if quick else 2.0
         for name, (port, prefix) in variants.items():
             rate = await throughput(port, f"{prefix}/v1/", seconds)
             base = None if name == "direct" else "proxy.rps.direct"
@@ -322,7 +322,7 @@ async def _loop(
     """The proxy while registry validation of 10,000 manifests runs each second: in the gateway's process
     (one event loop, as ``premd serve`` runs the components) and in a process of its own (premd's gateway
     next to it: its loop is free, the CPU is shared), interleaved."""
-    total = 300 if quick else 3000
+    total = 300 if quick else 1500
     children = [
         await spawn("-m", "bench.gateway", "--gateway", nats_url, str(p.busy), "--front", "--uvloop", "--busy"),
         await spawn("-m", "bench.gateway", "--registry-work"),
@@ -350,7 +350,7 @@ async def _loop(
 async def _listing(
     figures: dict[str, Figure], progress: Progress, js: nats.js.JetStreamContext, p: Ports, quick: bool, reps: int
 ) -> None:
-    polls = 15 if quick else 60
+    polls = 15 if quick else 30
     tick = 1
     for size in (1000, 10_000):
         if size == 10_000:

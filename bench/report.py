@@ -184,7 +184,8 @@ def plot(out: Path, figures: dict[str, Figure]) -> None:
         ax.set_title(title)
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("share of requests")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out / "proxy_latency.png", dpi=100)
     plt.close(fig)
