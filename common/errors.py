@@ -86,6 +86,14 @@ class Code(StrEnum):
     # --- packages: image build (builder/image) ---
     BUILD_NO_BASE_IMAGE = "build.no_base_image"
     BUILD_WHEELHOUSE_FAILED = "build.wheelhouse_failed"
+    # --- packages: pipeline (builder stages, package lookups) ---
+    PACKAGE_NOT_FOUND = "packages.not_found"
+    PACKAGE_UPLOAD_LOST = "packages.upload_lost"
+    BUILD_FAILED = "build.failed"
+    BUILD_TEST_FAILED = "build.test_failed"
+    BUILD_SETUP_FAILED = "build.setup_failed"
+    BUILD_SETUP_TIMEOUT = "build.setup_timeout"
+    BUILD_PUSH_FAILED = "build.push_failed"
 
 
 class AppError(Exception):
@@ -173,6 +181,14 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     **{code: InvalidError for code in Code if code.startswith("package.")},
     Code.BUILD_NO_BASE_IMAGE: ConflictError,
     Code.BUILD_WHEELHOUSE_FAILED: ConflictError,
+    # --- packages: pipeline ---
+    Code.PACKAGE_NOT_FOUND: NotFoundError,
+    Code.PACKAGE_UPLOAD_LOST: UnavailableError,
+    Code.BUILD_FAILED: ConflictError,
+    Code.BUILD_TEST_FAILED: ConflictError,
+    Code.BUILD_SETUP_FAILED: ConflictError,
+    Code.BUILD_SETUP_TIMEOUT: ConflictError,
+    Code.BUILD_PUSH_FAILED: ConflictError,
 }
 
 

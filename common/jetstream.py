@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from common import codec, subjects
@@ -33,7 +33,12 @@ _KV_BUCKETS = {
     subjects.KV_DESIRED: 5,
     subjects.KV_OBSERVED: 1,
     subjects.KV_HOST: 1,
+    # --- packages: pipeline ---
+    subjects.KV_PACKAGES: 5,
 }
+# --- packages: pipeline ---
+BUILD_JOBS_DUPLICATE_WINDOW_S = 600.0
+"""Identical uploads within this window share one enqueued job (Nats-Msg-Id); later ones find the KV record."""
 
 
 async def ensure_resources(js: JetStreamContext) -> None:
@@ -52,12 +57,34 @@ async def ensure_resources(js: JetStreamContext) -> None:
             await js.add_stream(events)
     for bucket in _KV_BUCKETS:
         await kv_bucket(js, bucket)
-    for store in (subjects.OBJ_LOGS, subjects.OBJ_REGISTRY_CONTENT):
+    await _ensure_build_jobs(js)
+    for store in (
+        subjects.OBJ_LOGS,
+        subjects.OBJ_REGISTRY_CONTENT,
+        subjects.OBJ_PACKAGES,
+        subjects.OBJ_PACKAGE_UPLOADS,
+    ):
         try:
             await js.object_store(store)
         except nats.js.errors.BucketNotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):
                 await js.create_object_store(store, ObjectStoreConfig(storage=StorageType.FILE))
+
+
+async def _ensure_build_jobs(js: JetStreamContext) -> None:
+    """packages: the work-queue stream of build jobs (each job is removed once a builder acknowledges it)."""
+    jobs = StreamConfig(
+        name=subjects.BUILD_JOBS_STREAM,
+        subjects=[subjects.BUILD_JOBS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=BUILD_JOBS_DUPLICATE_WINDOW_S,
+    )
+    try:
+        await js.stream_info(subjects.BUILD_JOBS_STREAM)
+    except nats.js.errors.NotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.add_stream(jobs)
 
 
 async def kv_bucket(js: JetStreamContext, bucket: str) -> KeyValue:

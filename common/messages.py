@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from common.manifest import Manifest, ServiceId
+from common.package_config import PackageConfig
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -382,3 +383,105 @@ class GPUStats(msgspec.Struct, frozen=True):
     average_utilised_memory: float | None = None
     average_load: float | None = None
     gpus: list[SingleGPU] | None = None
+
+
+# ---------------------------------------------------------------- packages: pipeline (issue 8)
+# PackageRecord is both the KV_PACKAGES value and the HTTP body of /v1/packages: its keys are the original model
+# server's Go field names (ID, Name, Artifacts[{Target, URI}], Config) plus Status, Stage, timings and digests.
+
+_GO_NAMES = {"id": "ID", "uri": "URI", "id_scheme": "IDScheme", "zip_sha256": "ZipSHA256"}
+
+
+def _go_name(name: str) -> str:
+    return _GO_NAMES.get(name) or "".join(part.capitalize() for part in name.split("_"))
+
+
+PackageStatus = Literal["queued", "building", "testing", "pushing", "ready", "failed"]
+PackageStage = Literal["upload", "building", "testing", "pushing", "ready"]
+TestStatus = Literal["passed", "failed", "untested"]
+PACKAGE_ENDED: tuple[PackageStatus, ...] = ("ready", "failed")
+
+
+class PackageTestResult(msgspec.Struct, frozen=True, kw_only=True, rename=_go_name):
+    """The test of one image: ``untested`` (with the reason) when it cannot run here, never ``passed``."""
+
+    status: TestStatus
+    reason: str = ""
+    setup_seconds: float | None = None
+    run_seconds: float | None = None
+    output: str | None = None
+    """What run() returned for the example (truncated)."""
+
+
+class PackageArtifact(msgspec.Struct, frozen=True, kw_only=True, rename=_go_name):
+    target: str
+    """``docker-cpu`` or ``docker-gpu``."""
+    uri: str
+    """``<registry>/<name>@sha256:<digest>`` once pushed (the local tag when no push registry is set)."""
+    image: str
+    """The tag: ``<registry>/<name>:<id prefix>-<target>``."""
+    image_id: str = ""
+    digest: str = ""
+    """Registry manifest digest (``sha256:...``), empty until pushed."""
+    size: int = 0
+    test: PackageTestResult | None = None
+
+
+class PackageRecord(msgspec.Struct, frozen=True, kw_only=True, rename=_go_name):
+    id: str
+    name: str
+    status: PackageStatus
+    stage: PackageStage
+    """The stage in progress, the one that failed, or ``ready``."""
+    config: PackageConfig
+    artifacts: list[PackageArtifact] = msgspec.field(default_factory=list)
+    error: str = ""
+    error_code: str = ""
+    attempt: int = 1
+    """Build attempt: an upload of a failed package starts the next one."""
+    id_scheme: str = ""
+    zip_sha256: str = ""
+    """sha256 of the stored zip (the bytes of the first upload)."""
+    zip_size: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    timings: dict[str, float] = msgspec.field(default_factory=dict)
+    """Seconds per stage: queued, building, testing, pushing, total."""
+    warnings: list[str] = msgspec.field(default_factory=list)
+
+
+class UploadPackage(Message, frozen=True):
+    upload: str
+    """Object name in OBJ_PACKAGE_UPLOADS (the builder deletes it once handled)."""
+    size: int
+    sha256: str
+    """sha256 of the uploaded bytes, computed while the gateway streamed them."""
+
+
+class PackageAccepted(Message, frozen=True):
+    package: PackageRecord
+    created: bool
+    """False when the ID was known: a build in flight is shared, a ready package answered as it is."""
+
+
+class DeletePackage(Message, frozen=True):
+    package_id: str
+
+
+class BuildJob(Message, frozen=True):
+    package_id: str
+    attempt: int
+
+
+class PackageEvent(Message, frozen=True):
+    """Subject: subjects.package_event(package_id, type). ``state``: a status change; ``log``: one log line."""
+
+    package_id: str
+    attempt: int
+    type: Literal["state", "log"]
+    at: float
+    stage: PackageStage
+    status: PackageStatus | None = None
+    line: str | None = None
+    error_code: str | None = None
+    message: str | None = None

@@ -131,6 +131,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     builder_base_images: tuple[str, ...] = DEFAULT_BASE_IMAGES
     """Comma-separated `<python>=<image>` (CPU) and `<python>+cu<cuda>[+cudnn<n>]=<image>` (GPU) base images."""
 
+    # --- packages: pipeline (builder jobs, image test, push; the gateway's upload) ---
+    builder_push_registry: str = ""
+    """`host[:port]` of the OCI registry package images are pushed to after their test; empty: kept local only."""
+    builder_work_dir: str = ""
+    """Builder scratch space (build contexts, wheelhouse cache); empty: `<data_dir>/builder`."""
+    builder_job_ack_wait_s: PositiveFloat = 30.0
+    """A build job not acknowledged or touched for this long (its builder died) is handed to another builder."""
+    builder_setup_timeout_s: PositiveFloat = 300.0
+    """Image test: longest `setup()` before the package fails at the test stage."""
+    builder_run_timeout_s: PositiveFloat = 300.0
+    """Image test: longest `run()` of the example inference."""
+    builder_test_memory_bytes: PositiveInt = 2 * 1024 * 1024 * 1024
+    """Image test: the test container's memory limit."""
+    builder_build_timeout_s: PositiveFloat = 3600.0
+    """Longest Docker build of one target."""
+    package_upload_timeout_s: PositiveFloat = 300.0
+    """Gateway: how long an upload waits for the builder to check and store the zip."""
+
     def is_exposed(self) -> bool:
         """True when the gateway would listen on something other than loopback."""
         if self.host in ("localhost", ""):

@@ -102,3 +102,44 @@ def service_id_from_catalog_key(key: str) -> str | None:
 def kv_subject(bucket: str, key: str) -> str:
     """The subject a KV bucket stores ``key`` under (JetStream's ``$KV`` convention), for pipelined writes."""
     return f"$KV.{bucket}.{key}"
+
+
+# --- packages: pipeline (the builder's bus commands, build jobs, package state and events) ---
+PACKAGE_UPLOAD = f"{PREFIX}.builder.upload"
+"""The gateway streamed an upload into OBJ_PACKAGE_UPLOADS; the builder checks, stores and queues it."""
+PACKAGE_DELETE = f"{PREFIX}.builder.delete"
+BUILD_JOBS_STREAM = "PREMD_BUILD_JOBS"
+"""Work-queue stream of build jobs (one message per build attempt, Nats-Msg-Id = package id + attempt)."""
+BUILD_JOBS_CONSUMER = "builder"
+"""The builders' shared durable pull consumer of BUILD_JOBS_STREAM."""
+BUILD_JOBS_ALL = f"{PREFIX}.builder.job.*"
+KV_PACKAGES = "premd_packages"
+"""Package metadata (PackageRecord) by package id, written by the builder only."""
+OBJ_PACKAGES = "premd_packages"
+"""Each package's zip as first uploaded (byte-identical downloads), under its id."""
+OBJ_PACKAGE_UPLOADS = "premd_package_uploads"
+"""Uploads in flight between the gateway and the builder, under a temporary name."""
+PACKAGE_EVENTS_ALL = f"{PREFIX}.evt.pkg.>"
+
+
+def build_job(package_id: str) -> str:
+    return f"{PREFIX}.builder.job.{package_id}"
+
+
+def build_job_msg_id(package_id: str, attempt: int) -> str:
+    """Nats-Msg-Id of a build job: identical uploads at once enqueue one build."""
+    return f"{package_id}.{attempt}"
+
+
+def package_event(package_id: str, event_type: str) -> str:
+    """Subject of one event of a package's build (``state`` or ``log``)."""
+    return f"{PREFIX}.evt.pkg.{package_id}.{event_type}"
+
+
+def package_events_filter(package_id: str) -> str:
+    return f"{PREFIX}.evt.pkg.{package_id}.>"
+
+
+def package_log_object(package_id: str) -> str:
+    """OBJ_LOGS name of a package's last build log (NDJSON, one PackageLogLine per line)."""
+    return f"pkg.{package_id}.log"

@@ -27,6 +27,11 @@ class ApiDoc:
     tags: tuple[str, ...] = ()
     errors: dict[int, str] = field(default_factory=dict)
     """Status -> description of the documented error responses."""
+    # --- packages: pipeline ---
+    upload_field: str | None = None
+    """A multipart/form-data body with this one file field (instead of a JSON ``body``)."""
+    also_ok: tuple[int, ...] = ()
+    """Other success statuses answering the same ``response`` (202 Accepted)."""
 
 
 def documented(summary: str, **kwargs: Any) -> Callable[[F], F]:

@@ -14,7 +14,7 @@ from gateway import edge
 from gateway.errors import error_middleware, slash_redirect_middleware
 from gateway.keys import LISTING, NC, SETTINGS, STREAMS, VIEW
 from gateway.listing import Listing
-from gateway.routes import downloads, events, health, interfaces, lifecycle, registries, services, stats
+from gateway.routes import downloads, events, health, interfaces, lifecycle, packages, registries, services, stats
 from gateway.streams import close_streams
 from gateway.view import GatewayView
 
@@ -39,6 +39,9 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     app.on_shutdown.append(close_streams)
     for table in (health, interfaces, registries, services, downloads, lifecycle, stats, events):
         app.add_routes(table.routes)
+    # --- packages: pipeline (issue 8) ---
+    app.cleanup_ctx.append(packages.packages_ctx)
+    app.add_routes(packages.routes)
     # The edge: security, CORS, metrics, the proxy, OpenAI routes, OpenAPI.
     edge.install(app)
     # Innermost, after the edge's middlewares: their CORS headers and auth apply to our errors and redirects.

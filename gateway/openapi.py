@@ -115,6 +115,13 @@ def _operation(op: _Op, schemas: dict[Any, Json], secured: bool) -> Json:
     elif doc:
         ok["content"] = {doc.content_type: {}}
     responses: Json = {"200": ok}
+    # --- packages: pipeline ---
+    if doc and doc.upload_field:
+        field_schema = {"type": "object", "properties": {doc.upload_field: {"type": "string", "format": "binary"}}}
+        field_schema["required"] = [doc.upload_field]
+        out["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": field_schema}}}
+    for status in doc.also_ok if doc else ():
+        responses[str(status)] = {**ok, "description": "Accepted"}
     envelope = OpenAIErrorResponse.__name__ if tag == "openai" else ErrorResponse.__name__
     for status, description in sorted((doc.errors if doc else {}).items()):
         responses[str(status)] = {
@@ -140,8 +147,14 @@ def build_spec(app: web.Application) -> Json:
                 types.append(type_)
     schemas, components = _schemas(types)
     paths: dict[str, Json] = {}
+    used: set[str] = set()
     for op in ops:
-        paths.setdefault(op.path, {})[op.method] = _operation(op, schemas, secured and op.path not in _HEALTH_PATHS)
+        item = _operation(op, schemas, secured and op.path not in _HEALTH_PATHS)
+        # --- packages: pipeline --- /v1/packages and /v1/packages/ are both routes: their ids must differ.
+        if item["operationId"] in used:
+            item["operationId"] += "_slash" if op.path.endswith("/") else "_no_slash"
+        used.add(item["operationId"])
+        paths.setdefault(op.path, {})[op.method] = item
     spec: Json = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},

@@ -37,6 +37,9 @@ SCHEMAS = ROOT / "docs" / "schemas"
 EVENT_PAYLOADS: dict[str, tuple[str, type[msgspec.Struct]]] = {
     "CATALOG_CHANGED": ("registry_sync", messages.CatalogChanged),
     "service_event": ("scheduler", messages.OperationEvent),
+    # --- packages: pipeline ---
+    "package_event": ("builder", messages.PackageEvent),
+    "build_job": ("builder (on upload)", messages.BuildJob),
 }
 KV_VALUES: dict[str, list[tuple[str, str, type[msgspec.Struct] | None]]] = {
     # bucket constant -> (key pattern, writer, value type; None: raw bytes or internal)
@@ -48,6 +51,8 @@ KV_VALUES: dict[str, list[tuple[str, str, type[msgspec.Struct] | None]]] = {
     "KV_DESIRED": [("<service id>", "scheduler", messages.DesiredState), ("_instance", "scheduler", None)],
     "KV_OBSERVED": [("<service id>", "scheduler", messages.ServiceState)],
     "KV_HOST": [("facts", "scheduler", messages.HostFacts)],
+    # --- packages: pipeline ---
+    "KV_PACKAGES": [("<package id>", "builder", messages.PackageRecord)],
 }
 
 
