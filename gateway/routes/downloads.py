@@ -16,7 +16,7 @@ from aiohttp import web
 
 from common import bus, subjects
 from common.errors import Code, UnavailableError
-from common.messages import Empty, OperationAccepted, OperationEvent, PullImage, ServiceIdentity
+from common.messages import Empty, OperationAccepted, OperationEvent, PullImage, ServiceIdentity, ServiceState
 from gateway import streams
 from gateway.apidoc import documented
 from gateway.errors import ApiError, json_response
@@ -49,6 +49,7 @@ routes = web.RouteTableDef()
 
 PULL_FAILED = "Failed to download image "
 SHUTTING_DOWN = "premd is shutting down"
+LOST_END = "the pull ended without the image (its final event was lost; the scheduler's log says why)"
 _DOCKER_LAYER_DONE = "Download complete"
 """A layer's Docker status; Prem App would take it for the end of the whole pull."""
 
@@ -77,25 +78,48 @@ async def _pull(request: web.Request) -> AsyncIterator[AsyncIterator[OperationEv
 async def _progress(
     request: web.Request, service_id: str, updates: Channel[Update], operation_id: str | None
 ) -> AsyncGenerator[OperationEvent | None]:
-    """Progress events until the pull succeeded and the view shows it; raises PullOutcome otherwise."""
+    """Progress events until the pull succeeded and the view shows it; raises PullOutcome otherwise.
+
+    The end is read from the operation's last event or, should that event be lost (a bus blip, a publish that
+    failed), from the observed state: downloaded and up to date ends it as a success; a pull seen in progress
+    that left the "pulling" phase without the image ends it as a failure at the next quiet interval.
+    """
     try:
         scheduler = await _scheduler_instance(request)
+        seen_pulling = False
         while operation_id is not None:
             try:
                 item = await next_update(updates, operation_id, streams.PING_INTERVAL_S)
             except TimeoutError:
+                if _downloaded(request, service_id):
+                    break
+                if seen_pulling and not _pulling(request, service_id):
+                    raise OperationFailed(LOST_END, Code.PULL_FAILED) from None
                 await _check_scheduler(request, scheduler)  # a quiet pull must still have someone pulling
                 yield None
                 continue
+            seen_pulling = seen_pulling or _pulling(request, service_id)
             if isinstance(item, OperationEvent) and item.type == "succeeded":
                 break
             if isinstance(item, OperationEvent) and item.type == "progress":
                 yield item
+            elif isinstance(item, ServiceState) and _downloaded(request, service_id):
+                break
         await catch_up(request)  # downloaded=true was written before the event: make the listing show it
     except OperationFailed as exc:
         raise PullOutcome(exc.message, exc.code) from None
     except Closed:
         raise PullOutcome(SHUTTING_DOWN, status=503) from None
+
+
+def _downloaded(request: web.Request, service_id: str) -> bool:
+    state = request.app[VIEW].state(service_id)
+    return state is not None and state.downloaded and not state.needs_update and state.phase != "pulling"
+
+
+def _pulling(request: web.Request, service_id: str) -> bool:
+    state = request.app[VIEW].state(service_id)
+    return state is not None and state.phase == "pulling"
 
 
 async def _scheduler_instance(request: web.Request) -> str | None:
