@@ -13,15 +13,12 @@ import pytest
 
 from gateway import streams
 from scheduler.events import EventPublisher
-from tests.integration.test_gateway_api import (  # noqa: F401 (fixtures)
-    Client,
-    custom_manifest,
-    full_api,
-    new_id,
-    pushed,
-    sse_download,
-)
+from tests.integration import test_gateway_api as gateway_api
+from tests.integration.test_gateway_api import Client, custom_manifest, new_id, sse_download
 from tests.testbed.oci_registry import OciRegistry
+
+full_api = gateway_api.full_api  # fixtures: premd in-process with real Docker, an image in the OCI registry
+pushed = gateway_api.pushed
 
 DEADLINE_S = 90
 
@@ -32,11 +29,11 @@ def lose_final_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     lost: list[str] = []
     real = EventPublisher.publish
 
-    async def publish(self: EventPublisher, operation_id: str, service_id: str, kind: Any, type_: Any, **f: Any) -> None:
+    async def publish(self: EventPublisher, op: str, service_id: str, kind: Any, type_: Any, **f: Any) -> None:
         if kind == "pull" and type_ in ("succeeded", "failed"):
             lost.append(f"{service_id}:{type_}")
             return
-        await real(self, operation_id, service_id, kind, type_, **f)
+        await real(self, op, service_id, kind, type_, **f)
 
     monkeypatch.setattr(EventPublisher, "publish", publish)
     monkeypatch.setattr(streams, "PING_INTERVAL_S", 1.0)  # the quiet interval after which state is trusted
