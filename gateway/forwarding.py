@@ -33,7 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from gateway import cors, openai, proxy
 from gateway.errors import ApiError
-from gateway.idle import IDLE, KEEP_ALIVE_HEADER
+from gateway.idle import IDLE, KEEP_ALIVE_HEADER, being_stopped
 from gateway.keys import SETTINGS
 from gateway.metrics import METRICS
 from gateway.security import GUARD, TOKEN_QUERY
@@ -675,6 +675,8 @@ class FrontConnection(asyncio.Protocol):
             route = PROXY_ROUTE if len(parts) > 3 else PROXY_ROOT_ROUTE
         if self.front.guard.refusal(cast(web.Request, request)) is not None:
             return AIOHTTP
+        if being_stopped(self.app, service_id):
+            return AIOHTTP  # stopping for idleness: the aiohttp route waits for the stop, then autostarts
         try:
             address = proxy.resolve(self.app, service_id)
         except ApiError:

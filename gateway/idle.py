@@ -229,6 +229,12 @@ class IdleStopper:
 STOPPER = web.AppKey("idle_stopper", IdleStopper)
 
 
+def being_stopped(app: web.Application, service_id: str) -> bool:
+    """An idle stop of the service is in flight: a request must take the route that waits for it."""
+    stopper = app.get(STOPPER)
+    return stopper is not None and service_id in stopper.stopping
+
+
 def install(app: web.Application) -> None:
     """The idle clock, its loop (after the view is up) and the /proxy activity middleware."""
     app[IDLE] = IdleClock(app[SETTINGS].idle_stop_s)
