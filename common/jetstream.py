@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -26,6 +27,8 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 EVENTS_MAX_MSGS = 1_000_000
+EVENTS_MAX_BYTES = 1024 * 1024 * 1024
+"""The event stream's disk bound (oldest events go first): a million large pull-progress events fit well under it."""
 
 _KV_BUCKETS = {
     subjects.KV_CATALOG: 1,  # entries can be large; history of 10,000 services x 5 would be hundreds of MB
@@ -42,21 +45,23 @@ BUILD_JOBS_DUPLICATE_WINDOW_S = 600.0
 
 
 async def ensure_resources(js: JetStreamContext) -> None:
-    """Create premd's streams and buckets if missing (idempotent; safe from several processes)."""
+    """Create premd's streams and buckets if missing, and bring existing ones to the configuration stated here.
+
+    Idempotent and safe from several processes. A data dir written by an older premd (other limits, another
+    history depth) is updated in place on start, so a changed limit takes effect without wiping state.
+    """
     events = StreamConfig(
         name=subjects.EVENTS_STREAM,
         subjects=[subjects.EVENTS_ALL],
         storage=StorageType.FILE,
         max_age=EVENTS_MAX_AGE_S,
         max_msgs=EVENTS_MAX_MSGS,
+        max_bytes=EVENTS_MAX_BYTES,
     )
-    try:
-        await js.stream_info(subjects.EVENTS_STREAM)
-    except nats.js.errors.NotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # another process won the race
-            await js.add_stream(events)
-    for bucket in _KV_BUCKETS:
+    await ensure_stream(js, events, ("subjects", "max_age", "max_msgs", "max_bytes"))
+    for bucket, history in _KV_BUCKETS.items():
         await kv_bucket(js, bucket)
+        await _ensure_history(js, bucket, history)
     await _ensure_build_jobs(js)
     for store in (
         subjects.OBJ_LOGS,
@@ -71,6 +76,30 @@ async def ensure_resources(js: JetStreamContext) -> None:
                 await js.create_object_store(store, ObjectStoreConfig(storage=StorageType.FILE))
 
 
+# --- reliability (issue 9): existing streams and buckets follow the configuration stated here ---
+
+
+async def ensure_stream(js: JetStreamContext, wanted: StreamConfig, fields: tuple[str, ...]) -> None:
+    """Create the stream, or update the ``fields`` of an existing one that differ from ``wanted``."""
+    assert wanted.name is not None
+    try:
+        info = await js.stream_info(wanted.name)
+    except nats.js.errors.NotFoundError:
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # another process won the race
+            await js.add_stream(wanted)
+        return
+    current = info.config
+    changed = {f: getattr(wanted, f) for f in fields if getattr(current, f) != getattr(wanted, f)}
+    if changed:
+        logger.info("stream %s: configuration updated (%s)", wanted.name, ", ".join(sorted(changed)))
+        await js.update_stream(dataclasses.replace(current, **changed))
+
+
+async def _ensure_history(js: JetStreamContext, bucket: str, history: int) -> None:
+    """A bucket created with another history depth keeps that depth unless updated: update it."""
+    await ensure_stream(js, StreamConfig(name=f"KV_{bucket}", max_msgs_per_subject=history), ("max_msgs_per_subject",))
+
+
 async def _ensure_build_jobs(js: JetStreamContext) -> None:
     """packages: the work-queue stream of build jobs (each job is removed once a builder acknowledges it)."""
     jobs = StreamConfig(
@@ -80,11 +109,7 @@ async def _ensure_build_jobs(js: JetStreamContext) -> None:
         storage=StorageType.FILE,
         duplicate_window=BUILD_JOBS_DUPLICATE_WINDOW_S,
     )
-    try:
-        await js.stream_info(subjects.BUILD_JOBS_STREAM)
-    except nats.js.errors.NotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.add_stream(jobs)
+    await ensure_stream(js, jobs, ("subjects", "duplicate_window"))
 
 
 async def kv_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
@@ -107,7 +132,13 @@ async def kv_get(kv: KeyValue, key: str, type_: type[T]) -> tuple[T | None, int]
         return None, 0
     if entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
         return None, entry.revision or 0
-    return codec.decode(entry.value, type_), entry.revision or 0
+    try:
+        return codec.decode(entry.value, type_), entry.revision or 0
+    except msgspec.DecodeError as exc:  # also ValidationError
+        # One bad value (written by another version, or damaged) must not stop a component: it reads as absent,
+        # with its revision, so the next compare-and-set write replaces it. Reported, never silent.
+        logger.error("%s/%s: undecodable %s skipped: %s", kv._name, key, type_.__name__, exc)
+        return None, entry.revision or 0
 
 
 async def kv_transition(
