@@ -8,8 +8,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -101,6 +101,30 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+# --- SIGTERM during start-up (issue 9) ---
+
+
+async def unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event, grace_s: float) -> bool:
+    """Run a start-up step until it is done or ``stop`` is set (SIGTERM while, e.g., Docker hangs).
+
+    True when the step finished (its exception propagates); False when stopped: the step is cancelled
+    and given ``grace_s`` to unwind.
+    """
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.wait({task}, timeout=grace_s)
+    logger.info("stopped during start-up")
+    return False
+
+
 def load_settings() -> Settings:
     """Settings for an entry point: a bad value ends the process with one line naming the variable."""
     try:
@@ -120,8 +144,8 @@ def main_for(cls: ComponentType) -> None:
         stop = stop_on_signals()
         running = Running(settings)
         try:
-            await running.start(url, [cls])
-            await stop.wait()
+            if await unless_stopped(running.start(url, [cls]), stop, settings.shutdown_timeout_s):
+                await stop.wait()
         finally:
             await running.stop()
 

@@ -149,6 +149,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     package_upload_timeout_s: PositiveFloat = 300.0
     """Gateway: how long an upload waits for the builder to check and store the zip."""
 
+    # --- Docker engine: call deadlines (issue 9) ---
+    docker_timeout_s: PositiveFloat = 30.0
+    """Deadline for one Docker API call (a hung engine fails it with `docker.unavailable`); pulls, builds, log
+    follows and the event stream are bounded only by `docker_stream_idle_s` / not at all."""
+    docker_stream_idle_s: PositiveFloat = 600.0
+    """A pull or build whose progress stream stays silent this long is abandoned (the engine hung)."""
+
     def is_exposed(self) -> bool:
         """True when the gateway would listen on something other than loopback."""
         if self.host in ("localhost", ""):

@@ -31,7 +31,7 @@ def components() -> tuple[ComponentType, ...]:
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run everything until ``stop`` is set (SIGTERM/SIGINT by default)."""
-    from common.component import Running, stop_on_signals
+    from common.component import Running, stop_on_signals, unless_stopped
     from common.embedded_nats import EmbeddedNats, wait_stopped_or_bus_lost
 
     stop = stop or stop_on_signals()
@@ -42,9 +42,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if url is None:
             embedded = EmbeddedNats(os.path.join(settings.data_dir, "nats"), port=settings.nats_port)
             url = await embedded.start()
-        await running.start(url, components())
-        logger.info("premd serving on http://%s:%d (NATS %s)", settings.host, settings.port, url)
-        await wait_stopped_or_bus_lost(stop, embedded)
+        if await unless_stopped(running.start(url, components()), stop, settings.shutdown_timeout_s):
+            logger.info("premd serving on http://%s:%d (NATS %s)", settings.host, settings.port, url)
+            await wait_stopped_or_bus_lost(stop, embedded)
         logger.info("premd stopping")
     finally:
         await running.stop()

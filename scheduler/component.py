@@ -74,10 +74,14 @@ class Scheduler(ServiceComponent):
     ) -> None:
         super().__init__(settings, nc)
         self.gpu_probe: GpuSource = gpu_probe or GpuProbe()
-        self.driver = driver or DockerDriver()
+        self.driver = driver or DockerDriver(
+            timeout_s=settings.docker_timeout_s, stream_idle_s=settings.docker_stream_idle_s
+        )
         self.facts: HostFacts | None = None
         self._docker_root = DEFAULT_DOCKER_ROOT
         self._docker_ok = False
+        self._docker_seen = False
+        """The engine was asked at least once (its first failure is logged; later ones only after a recovery)."""
         self._cpu = CpuSampler()
         self._facts_lock = asyncio.Lock()
         self._cpu_percent = 0.0
@@ -164,12 +168,17 @@ class Scheduler(ServiceComponent):
             await self._refresh_facts()
 
     async def _refresh_facts(self) -> None:
+        was_ok = self._docker_ok
         try:
             self._docker_root = await self.driver.root_dir()
             self._docker_ok = True
+            if not was_ok:
+                logger.info("docker: engine at %s answers", self.driver.host)
         except AppError as exc:
-            logger.warning("docker: %s", exc.message)
+            if was_ok or not self._docker_seen:  # once per outage, not every refresh
+                logger.warning("docker: %s", exc.message)
             self._docker_ok = False
+        self._docker_seen = True
         gpus = await asyncio.to_thread(self.gpu_probe.list)
         self._cpu_percent = self._cpu.sample()
         self.facts = await asyncio.to_thread(read_host_facts, gpus, self._docker_root, self._docker_ok)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -40,6 +41,26 @@ _NO_CONNECTION = 900
 """aiodocker's status for "cannot connect to the Docker engine"."""
 LABEL_GPUS = "io.premd.gpus"
 """Comma-separated GPU UUIDs the container was given (empty for CPU services)."""
+DOCKER_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "~/.docker/run/docker.sock")
+"""Where an engine listens when DOCKER_HOST is unset (Linux, then Docker Desktop's per-user socket)."""
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+"""Used when no engine is installed: calls fail with ``docker.unavailable`` until one listens there."""
+
+
+def docker_host(env: Mapping[str, str] | None = None, sockets: tuple[str, ...] = DOCKER_SOCKETS) -> str:
+    """The engine's address: DOCKER_HOST, else the first socket that exists, else the default socket.
+
+    Resolved here, not by aiodocker, which fails (AssertionError) when there is no engine at all: premd
+    starts without one, lists services, and uses the engine once it appears at that address.
+    """
+    env = os.environ if env is None else env
+    if host := env.get("DOCKER_HOST", "").strip():
+        return host
+    for path in sockets:
+        full = os.path.expanduser(path)
+        if os.path.exists(full):
+            return f"unix://{full}"
+    return DEFAULT_DOCKER_HOST
 
 
 class ContainerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,21 +188,25 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _mapped(what: str, not_found: Code = Code.CONTAINER_NOT_FOUND) -> Iterator[None]:
-    """Translate aiodocker / connection failures into premd's error codes."""
+def _mapped(what: str, host: str, not_found: Code = Code.CONTAINER_NOT_FOUND) -> Iterator[None]:
+    """Translate aiodocker / connection failures and timeouts into premd's error codes (naming the engine)."""
     try:
         yield
     except aiodocker.DockerError as exc:
         message = f"{what}: {exc.message}"
         if exc.status == _NO_CONNECTION:
-            raise UnavailableError(Code.DOCKER_UNAVAILABLE, message) from None
+            raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: no Docker engine answers at {host}") from None
         if exc.status == 404:
             raise NotFoundError(not_found, message) from None
         if exc.status == 409:
             raise ConflictError(Code.DOCKER_ERROR, message) from None
         raise InternalError(Code.DOCKER_ERROR, message) from None
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
-        raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: Docker does not answer ({exc})") from None
+        raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: no Docker engine answers at {host} ({exc})") from None
+    except TimeoutError:
+        raise UnavailableError(
+            Code.DOCKER_UNAVAILABLE, f"{what}: the Docker engine at {host} did not answer in time"
+        ) from None
 
 
 def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
@@ -210,8 +235,20 @@ def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
 class DockerDriver:
     """Async Docker operations the scheduler needs; every method raises AppError, never DockerError."""
 
-    def __init__(self, docker: aiodocker.Docker | None = None) -> None:
-        self._docker = docker or aiodocker.Docker()
+    def __init__(
+        self, docker: aiodocker.Docker | None = None, *, timeout_s: float = 30.0, stream_idle_s: float = 600.0
+    ) -> None:
+        self.host = docker_host() if docker is None else str(getattr(docker, "_connection_info", docker.docker_host))
+        """The engine's address (named in every ``docker.unavailable`` message)."""
+        # Every call is bounded (a hung engine must not wedge set-up, reconcile or an endpoint); streams set
+        # their own (see _stream, _unbounded). Connecting is always bounded.
+        self._call = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s)
+        self._stream = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=stream_idle_s)
+        self._unbounded = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=None)
+        self._docker = docker or aiodocker.Docker(url=self.host, timeout=self._call)
+
+    def _mapped(self, what: str, not_found: Code = Code.CONTAINER_NOT_FOUND) -> contextlib.AbstractContextManager[None]:
+        return _mapped(what, self.host, not_found)
 
     async def close(self) -> None:
         await self._docker.close()
@@ -220,20 +257,20 @@ class DockerDriver:
 
     async def root_dir(self) -> str:
         """Where Docker stores images (for disk facts)."""
-        with _mapped("docker info"):
+        with self._mapped("docker info"):
             info: Mapping[str, Any] = await self._docker.system.info()
         return str(info.get("DockerRootDir") or "/var/lib/docker")
 
     # ------------------------------------------------------------ images
 
     async def images(self) -> list[ImageInfo]:
-        with _mapped("list images"):
+        with self._mapped("list images"):
             raw: list[dict[str, Any]] = await self._docker.images.list()
         return [ImageInfo(i["Id"], [t for t in i.get("RepoTags") or [] if t != _UNTAGGED], i["Size"]) for i in raw]
 
     async def image(self, ref: str) -> ImageInfo | None:
         try:
-            with _mapped(f"inspect image {ref}", Code.IMAGE_NOT_FOUND):
+            with self._mapped(f"inspect image {ref}", Code.IMAGE_NOT_FOUND):
                 raw: dict[str, Any] = await self._docker.images.inspect(ref)
         except NotFoundError:
             return None
@@ -242,7 +279,9 @@ class DockerDriver:
     async def pull(self, ref: str) -> AsyncIterator[PullEvent]:
         """Docker's pull stream; a failed pull raises AppError(image.pull_failed) with Docker's reason."""
         try:
-            async for item in self._docker.images.pull(ref, stream=True):
+            # Bounded by silence, not by length: a large pull takes as long as it takes.
+            pulling = self._docker.images.pull(ref, stream=True, timeout=self._stream)  # type: ignore[call-overload]
+            async for item in pulling:
                 detail = item.get("progressDetail") or {}
                 yield PullEvent(
                     status=str(item.get("status", "")),
@@ -252,15 +291,23 @@ class DockerDriver:
                 )
         except aiodocker.DockerError as exc:
             if exc.status == _NO_CONNECTION:
-                raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"pull {ref}: {exc.message}") from None
+                raise UnavailableError(
+                    Code.DOCKER_UNAVAILABLE, f"pull {ref}: no Docker engine answers at {self.host}"
+                ) from None
             raise AppError(Code.PULL_FAILED, f"pull {ref}: {exc.message}") from None
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"pull {ref}: Docker does not answer ({exc})") from None
+            raise UnavailableError(
+                Code.DOCKER_UNAVAILABLE, f"pull {ref}: no Docker engine answers at {self.host} ({exc})"
+            ) from None
+        except TimeoutError:
+            raise UnavailableError(
+                Code.DOCKER_UNAVAILABLE, f"pull {ref}: the Docker engine at {self.host} stopped reporting progress"
+            ) from None
 
     async def remove_image(self, ref: str) -> bool:
         """Force-remove an image; False when it was not there."""
         try:
-            with _mapped(f"remove image {ref}", Code.IMAGE_NOT_FOUND):
+            with self._mapped(f"remove image {ref}", Code.IMAGE_NOT_FOUND):
                 await self._docker.images.delete(ref, force=True)
         except NotFoundError:
             return False
@@ -269,7 +316,7 @@ class DockerDriver:
     async def dangling_images(self) -> list[DanglingImage]:
         """Untagged images no container uses a tag of, with the repositories they were pulled from."""
         params = {"filters": json.dumps({"dangling": ["true"]})}
-        with _mapped("list dangling images"):
+        with self._mapped("list dangling images"):
             raw: list[dict[str, Any]] = await self._docker._query_json("images/json", params=params)
         return [
             DanglingImage(i["Id"], sorted({d.split("@", 1)[0] for d in i.get("RepoDigests") or []}), i.get("Size", 0))
@@ -279,7 +326,7 @@ class DockerDriver:
     async def remove_unused_image(self, image_id: str) -> bool:
         """Remove an image unless a container uses it (no force): False when it stays."""
         try:
-            with _mapped(f"remove image {image_id}", Code.IMAGE_NOT_FOUND):
+            with self._mapped(f"remove image {image_id}", Code.IMAGE_NOT_FOUND):
                 await self._docker.images.delete(image_id, force=False)
         except (NotFoundError, ConflictError):
             return False
@@ -289,13 +336,13 @@ class DockerDriver:
 
     async def containers(self) -> list[ContainerInfo]:
         """Every container on the host (premd's are picked by the caller: labels, or a service id as name)."""
-        with _mapped("list containers"):
+        with self._mapped("list containers"):
             raw: list[dict[str, Any]] = await self._docker._query_json("containers/json", params={"all": "1"})
         return [_container_info(c) for c in raw]
 
     async def status(self, container_id: str) -> ContainerStatus | None:
         try:
-            with _mapped(f"inspect container {container_id}"):
+            with self._mapped(f"inspect container {container_id}"):
                 raw: dict[str, Any] = await self._docker._query_json(f"containers/{container_id}/json")
         except NotFoundError:
             return None
@@ -312,27 +359,28 @@ class DockerDriver:
         )
 
     async def create(self, spec: ContainerSpec) -> str:
-        with _mapped(f"create container {spec.name}", Code.IMAGE_NOT_DOWNLOADED):
+        with self._mapped(f"create container {spec.name}", Code.IMAGE_NOT_DOWNLOADED):
             container = await self._docker.containers.create(container_config(spec), name=spec.name)
         return str(container.id)
 
     async def start(self, container_id: str) -> None:
-        with _mapped(f"start container {container_id}"):
+        with self._mapped(f"start container {container_id}"):
             await self._docker.containers.container(container_id).start()
 
     async def restart(self, container_id: str, timeout_s: int = 10) -> None:
-        with _mapped(f"restart container {container_id}"):
-            await self._docker.containers.container(container_id).restart(timeout=timeout_s)
+        with self._mapped(f"restart container {container_id}"):
+            bound = aiohttp.ClientTimeout(total=self._call.total + timeout_s if self._call.total else None)
+            await self._docker.containers.container(container_id).restart(t=timeout_s, timeout=bound)
 
     async def kill(self, container_id: str) -> None:
-        with contextlib.suppress(NotFoundError, ConflictError), _mapped(f"kill container {container_id}"):
-            await self._docker.containers.container(container_id).kill()
+        with contextlib.suppress(NotFoundError, ConflictError), self._mapped(f"kill container {container_id}"):
+            await self._docker.containers.container(container_id).kill(timeout=self._call)
 
     async def remove(self, container_id: str) -> bool:
         """Force-remove (kills a running one); volumes are kept. False when it was already gone."""
         try:
-            with _mapped(f"remove container {container_id}"):
-                await self._docker.containers.container(container_id).delete(force=True)
+            with self._mapped(f"remove container {container_id}"):
+                await self._docker.containers.container(container_id).delete(force=True, timeout=self._call)
         except NotFoundError:
             return False
         except ConflictError as exc:
@@ -343,9 +391,9 @@ class DockerDriver:
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> list[str]:
         try:
-            with _mapped(f"logs of {container_id}"):
+            with self._mapped(f"logs of {container_id}"):
                 chunks: list[str] = await self._docker.containers.container(container_id).log(
-                    stdout=True, stderr=True, tail=str(lines)
+                    stdout=True, stderr=True, tail=str(lines), timeout=self._call
                 )
         except AppError:
             return []
@@ -354,7 +402,7 @@ class DockerDriver:
     async def exec(self, container_id: str, command: str) -> int | None:
         """Run a command in the container, wait for it, return its exit code."""
         argv = _split(command)
-        with _mapped(f"exec in {container_id}"):
+        with self._mapped(f"exec in {container_id}"):
             container = self._docker.containers.container(container_id)
             ex = await container.exec(argv, stdout=True, stderr=True)
             async with ex.start(detach=False) as stream:
@@ -366,35 +414,36 @@ class DockerDriver:
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One stats document with precpu filled (Docker samples twice, ~1 s, without blocking the loop)."""
-        with _mapped(f"stats of {container_id}"):
-            docs: list[dict[str, Any]] = await self._docker.containers.container(container_id).stats(stream=False)
+        with self._mapped(f"stats of {container_id}"):
+            container = self._docker.containers.container(container_id)
+            docs: list[dict[str, Any]] = await container.stats(stream=False, timeout=self._call)
         return docs[0] if docs else {}
 
     async def prune_containers(self, instance: str) -> tuple[int, int]:
         """This premd's stopped containers only (by label), never the rest of the host."""
         labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={instance}"]
-        with _mapped("prune containers"):
+        with self._mapped("prune containers"):
             result: dict[str, Any] = await self._docker.containers.prune(filters={"label": labels})
         return len(result.get("ContainersDeleted") or []), int(result.get("SpaceReclaimed") or 0)
 
     # ------------------------------------------------------------ volumes
 
     async def ensure_volume(self, name: str, instance: str, service_id: str) -> None:
-        with _mapped(f"create volume {name}"):
+        with self._mapped(f"create volume {name}"):
             body = json.dumps({"Name": name, "Labels": service_labels(instance, service_id)})
             await self._docker._query_json("volumes/create", method="POST", data=body)
 
     async def volumes(self, *, dangling: bool = False) -> list[tuple[str, dict[str, str]]]:
         """(name, labels) of volumes; dangling: only those no container uses."""
         params = {"filters": json.dumps({"dangling": ["true"]})} if dangling else {}
-        with _mapped("list volumes"):
+        with self._mapped("list volumes"):
             raw: dict[str, Any] = await self._docker._query_json("volumes", params=params)
         return [(v["Name"], v.get("Labels") or {}) for v in raw.get("Volumes") or []]
 
     async def remove_volume(self, name: str) -> bool:
         """False when it did not exist; a volume in use is a conflict."""
         try:
-            with _mapped(f"remove volume {name}", Code.VOLUME_NOT_FOUND):
+            with self._mapped(f"remove volume {name}", Code.VOLUME_NOT_FOUND):
                 async with self._docker._query(f"volumes/{name}", method="DELETE"):
                     pass
         except NotFoundError:
