@@ -24,6 +24,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from common.docker_host import docker_host
 from common.errors import AppError, Code, ConflictError, InternalError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ def write_context_tar(context: Path, dest: Path) -> Path:
 
 class BuilderDocker:
     def __init__(self, docker: aiodocker.Docker | None = None) -> None:
-        self._docker = docker or aiodocker.Docker()
+        # premd's resolution, not aiodocker's (an AssertionError when no engine is installed): see docker_host.
+        self._docker = docker or aiodocker.Docker(url=docker_host())
 
     async def close(self) -> None:
         await self._docker.close()

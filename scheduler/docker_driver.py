@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shlex
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ import aiohttp
 import msgspec
 from aiodocker.events import DockerEvents
 
+from common.docker_host import docker_host
 from common.errors import (
     AppError,
     Code,
@@ -41,26 +41,6 @@ _NO_CONNECTION = 900
 """aiodocker's status for "cannot connect to the Docker engine"."""
 LABEL_GPUS = "io.premd.gpus"
 """Comma-separated GPU UUIDs the container was given (empty for CPU services)."""
-DOCKER_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "~/.docker/run/docker.sock")
-"""Where an engine listens when DOCKER_HOST is unset (Linux, then Docker Desktop's per-user socket)."""
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-"""Used when no engine is installed: calls fail with ``docker.unavailable`` until one listens there."""
-
-
-def docker_host(env: Mapping[str, str] | None = None, sockets: tuple[str, ...] = DOCKER_SOCKETS) -> str:
-    """The engine's address: DOCKER_HOST, else the first socket that exists, else the default socket.
-
-    Resolved here, not by aiodocker, which fails (AssertionError) when there is no engine at all: premd
-    starts without one, lists services, and uses the engine once it appears at that address.
-    """
-    env = os.environ if env is None else env
-    if host := env.get("DOCKER_HOST", "").strip():
-        return host
-    for path in sockets:
-        full = os.path.expanduser(path)
-        if os.path.exists(full):
-            return f"unix://{full}"
-    return DEFAULT_DOCKER_HOST
 
 
 class ContainerInfo(msgspec.Struct, frozen=True, kw_only=True):
