@@ -39,6 +39,10 @@ class Code(StrEnum):
     DOCKER_UNAVAILABLE = "docker.unavailable"
     DOCKER_ERROR = "docker.error"
     OPERATION_NOT_FOUND = "operation.not_found"
+    # --- cli: pull cancel, service logs (issue 12) ---
+    PULL_NOT_IN_FLIGHT = "pull.not_in_flight"
+    PULL_CANCELLED = "pull.cancelled"
+    LOGS_SESSION_NOT_FOUND = "logs.session_not_found"
 
     # Refusals decided by the HTTP gateway itself (never travel on the bus).
     AUTH_REQUIRED = "auth.required"
@@ -177,6 +181,10 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.OPERATION_NOT_FOUND: NotFoundError,
     # --- reliability (issue 9) ---
     Code.BUS_DISCONNECTED: UnavailableError,
+    # --- cli: pull cancel, service logs (issue 12) ---
+    Code.PULL_NOT_IN_FLIGHT: ConflictError,
+    Code.PULL_CANCELLED: ConflictError,
+    Code.LOGS_SESSION_NOT_FOUND: NotFoundError,
     # --- packages: validation / image build ---
     **{code: InvalidError for code in Code if code.startswith("package.")},
     Code.BUILD_NO_BASE_IMAGE: ConflictError,

@@ -228,6 +228,41 @@ class OperationAccepted(Message, frozen=True):
     """True when an operation already in flight (the same pull, the same start) was joined."""
 
 
+# --- cli: pull cancel, service logs (issue 12) ---
+
+
+class CancelPull(Message, frozen=True):
+    service_id: ServiceId
+
+
+class ReadLogs(Message, frozen=True):
+    service_id: ServiceId
+    tail: int | None = None
+    """The last this many lines (None: all of them)."""
+    follow: bool = False
+    session: str | None = None
+    """With ``follow``: chunks go to subjects.logs_subject(session) until the session ends."""
+
+
+class ServiceLogs(Message, frozen=True):
+    service_id: str
+    container_id: str
+    lines: list[str] = msgspec.field(default_factory=list)
+    """Without ``follow``; a followed session sends its lines (the tail included) as LogChunks."""
+
+
+class LogChunk(Message, frozen=True):
+    session: str
+    lines: list[str] = msgspec.field(default_factory=list)
+    end: bool = False
+    """The container's log ended (it stopped or was removed), or the session expired: nothing follows."""
+
+
+class RenewLogs(Message, frozen=True):
+    session: str
+    stop: bool = False
+
+
 class ServiceStopped(Message, frozen=True):
     service_id: str
     message: str

@@ -47,6 +47,18 @@ SCHEDULER_CONTAINER_STATS = f"{PREFIX}.scheduler.stats.container"
 SCHEDULER_HOST_STATS = f"{PREFIX}.scheduler.stats.host"
 SCHEDULER_GPU_STATS = f"{PREFIX}.scheduler.stats.gpu"
 
+# --- cli: pull cancel, service logs (issue 12) ---
+SCHEDULER_CANCEL_PULL = f"{PREFIX}.scheduler.pull.cancel"
+SCHEDULER_LOGS = f"{PREFIX}.scheduler.logs"
+"""A container's log lines; with ``follow`` the scheduler publishes chunks on logs_subject(session)."""
+SCHEDULER_LOGS_RENEW = f"{PREFIX}.scheduler.logs.renew"
+"""Keeps a followed log session alive (the scheduler ends one not renewed in time), or ends it (``stop``)."""
+
+
+def logs_subject(session: str) -> str:
+    """A followed log's chunks (``premd.logs.<session>``): published by the scheduler, read by the gateway."""
+    return f"{PREFIX}.logs.{session}"
+
 
 # --- events (fan-out; captured by the EVENTS stream for replay) ---
 EVENTS_STREAM = "PREMD_EVENTS"

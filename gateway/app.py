@@ -15,6 +15,7 @@ from gateway.errors import error_middleware, slash_redirect_middleware
 from gateway.keys import LISTING, NC, SETTINGS, STREAMS, VIEW
 from gateway.listing import Listing
 from gateway.routes import downloads, events, health, interfaces, lifecycle, packages, registries, services, stats
+from gateway.routes.cli import TABLES as CLI_ROUTES
 from gateway.streams import close_streams
 from gateway.view import GatewayView
 
@@ -42,6 +43,8 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     # --- packages: pipeline (issue 8) ---
     app.cleanup_ctx.append(packages.packages_ctx)
     app.add_routes(packages.routes)
+    for routes in CLI_ROUTES:  # cli (issue 12)
+        app.add_routes(routes)
     # The edge: security, CORS, metrics, the proxy, OpenAI routes, OpenAPI.
     edge.install(app)
     # Innermost, after the edge's middlewares: their CORS headers and auth apply to our errors and redirects.

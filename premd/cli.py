@@ -14,13 +14,25 @@ import sys
 from collections.abc import Callable
 
 from common.version import VERSION
+from premd.commands.base import add_client_options
 
-COMMAND_MODULES: tuple[str, ...] = ("premd.serve",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "premd.serve",
+    # --- cli: the client commands (issue 12) ---
+    "premd.commands.system",
+    "premd.commands.services",
+    "premd.commands.pull",
+    "premd.commands.logs",
+    "premd.commands.registry",
+    "premd.commands.events",
+    "premd.commands.completion",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="premd", description="Run AI model services on this machine.")
     parser.add_argument("--version", action="version", version=f"premd {VERSION}")
+    add_client_options(parser, root=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

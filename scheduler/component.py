@@ -22,6 +22,7 @@ from common.errors import AppError, Code, ConflictError, InvalidError
 from common.jetstream import kv_bucket
 from common.messages import (
     Ack,
+    CancelPull,
     ContainerStatsList,
     Empty,
     GetContainerStats,
@@ -31,9 +32,12 @@ from common.messages import (
     OperationAccepted,
     OSStats,
     PullImage,
+    ReadLogs,
     RemoveImage,
     RemoveVolume,
+    RenewLogs,
     RestartService,
+    ServiceLogs,
     ServiceStopped,
     StartService,
     StopService,
@@ -44,6 +48,7 @@ from scheduler.docker_driver import LABEL_INSTANCE, LABEL_MANAGED, DockerDriver
 from scheduler.events import EventPublisher
 from scheduler.gpu import GpuProbe, gpu_stats
 from scheduler.host import CpuSampler, os_stats, read_host_facts
+from scheduler.logs import ServiceLogReader
 from scheduler.operations import Operations
 from scheduler.ports import PortAllocator
 from scheduler.pulls import Pulls
@@ -116,6 +121,7 @@ class Scheduler(ServiceComponent):
         self.ops = Operations(deps, on_settled=lambda: self.reconciler.kick())
         self.reconciler = Reconciler(deps, self.ops)
         self.pulls = Pulls(deps, self.ops, self._images_changed)
+        self.logs = ServiceLogReader(deps, self.nc)  # cli (issue 12)
         self.catalog.entries_mirror.listeners.append(lambda _key, _value: self.reconciler.kick())
         self._loops.start(self.reconciler.run(), "reconcile")
         self._loops.start(self.reconciler.watch_docker(), "docker events")
@@ -127,6 +133,7 @@ class Scheduler(ServiceComponent):
 
     async def teardown(self) -> None:
         await self._loops.shutdown(0)
+        await self.logs.close()
         await self._work.shutdown(self.settings.shutdown_timeout_s / 2)
         await self.catalog.stop()
         await self.driver.close()
@@ -156,6 +163,10 @@ class Scheduler(ServiceComponent):
             ),
             bus.endpoint("host_stats", subjects.SCHEDULER_HOST_STATS, Empty, self._host_stats),
             bus.endpoint("gpu_stats", subjects.SCHEDULER_GPU_STATS, Empty, self._gpu_stats),
+            # --- cli: pull cancel, service logs (issue 12) ---
+            bus.endpoint("cancel_pull", subjects.SCHEDULER_CANCEL_PULL, CancelPull, self._cancel_pull),
+            bus.endpoint("logs", subjects.SCHEDULER_LOGS, ReadLogs, self._logs),
+            bus.endpoint("logs_renew", subjects.SCHEDULER_LOGS_RENEW, RenewLogs, self._logs_renew),
         ]
 
     # ------------------------------------------------------------ host facts
@@ -200,6 +211,16 @@ class Scheduler(ServiceComponent):
 
     async def _pull(self, cmd: PullImage) -> OperationAccepted:
         return await self.pulls.pull(cmd)
+
+    # --- cli: pull cancel, service logs (issue 12) ---
+    async def _cancel_pull(self, cmd: CancelPull) -> OperationAccepted:
+        return await self.pulls.cancel(cmd)
+
+    async def _logs(self, cmd: ReadLogs) -> ServiceLogs:
+        return await self.logs.read(cmd)
+
+    async def _logs_renew(self, cmd: RenewLogs) -> Ack:
+        return await self.logs.renew(cmd)
 
     async def _start(self, cmd: StartService) -> OperationAccepted:
         return await self.ops.start(cmd)

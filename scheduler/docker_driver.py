@@ -379,6 +379,27 @@ class DockerDriver:
             return []
         return "".join(chunks).splitlines()[-lines:]
 
+    # --- cli: service logs (issue 12) ---
+    async def logs(self, container_id: str, tail: int | None = None) -> list[str]:
+        """The container's log lines (stdout and stderr), the last ``tail`` of them when given."""
+        with _mapped(f"logs of {container_id}"):
+            chunks: list[str] = await self._docker.containers.container(container_id).log(
+                stdout=True, stderr=True, tail="all" if tail is None else str(tail)
+            )
+        return "".join(chunks).splitlines()
+
+    def follow_logs(self, container_id: str, tail: int | None = None) -> AsyncIterator[str]:
+        """The last ``tail`` lines, then new ones as the container writes them; ends when the container stops."""
+        return self._follow(container_id, "all" if tail is None else str(tail))
+
+    async def _follow(self, container_id: str, tail: str) -> AsyncIterator[str]:
+        with _mapped(f"logs of {container_id}"):
+            stream = self._docker.containers.container(container_id).log(
+                stdout=True, stderr=True, follow=True, tail=tail
+            )
+            async for chunk in stream:
+                yield chunk
+
     async def exec(self, container_id: str, command: str) -> int | None:
         """Run a command in the container, wait for it, return its exit code."""
         argv = _split(command)

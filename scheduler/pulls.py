@@ -7,6 +7,7 @@ never "Download complete".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ import msgspec
 
 from common.errors import AppError, Code
 from common.fit import check_disk
-from common.messages import EventType, OperationAccepted, PullImage, ServiceState
+from common.messages import CancelPull, EventType, OperationAccepted, PullImage, ServiceState
 from scheduler.deps import Deps
 from scheduler.events import new_operation_id
 from scheduler.operations import Operations
@@ -36,6 +37,8 @@ class _Pull:
     ref: str
     service_ids: list[str]
     progress: PullProgress = field(default_factory=PullProgress)
+    task: asyncio.Task[None] | None = None
+    cancelled: bool = False
 
 
 class Pulls:
@@ -67,8 +70,20 @@ class Pulls:
             check_disk(manifest, facts)
         pull = _Pull(new_operation_id(), ref, [sid])
         self._by_ref[ref] = pull
-        self.d.tasks.start(self._run(pull), f"pull {ref}")
+        pull.task = self.d.tasks.spawn(self._run(pull), f"pull {ref}")
         return OperationAccepted(operation_id=pull.id, service_id=sid, kind="pull")
+
+    # --- cli: pull cancel (issue 12) ---
+    async def cancel(self, cmd: CancelPull) -> OperationAccepted:
+        """Stop the pull the service is part of (for every service that joined it); answers once it ended."""
+        pull = next((p for p in self._by_ref.values() if cmd.service_id in p.service_ids), None)
+        if pull is None or pull.task is None:
+            self._ops.manifest(cmd.service_id)  # an unknown service is service.not_found, not "no pull"
+            raise AppError(Code.PULL_NOT_IN_FLIGHT, f"no download of {cmd.service_id} is in progress")
+        pull.cancelled = True
+        pull.task.cancel()
+        await asyncio.wait([pull.task], timeout=self.d.settings.request_timeout_s / 2)
+        return OperationAccepted(operation_id=pull.id, service_id=cmd.service_id, kind="pull")
 
     async def _publish(self, pull: _Pull, type_: EventType, **fields: Any) -> None:
         for sid in list(pull.service_ids):
@@ -93,6 +108,11 @@ class Pulls:
             if await self.d.driver.image(pull.ref) is None:
                 raise AppError(Code.PULL_FAILED, f"pull {pull.ref}: the image is not there after the pull")
             await self._images_changed()  # downloaded=true in KV before the event that announces it
+        except asyncio.CancelledError:
+            if not pull.cancelled:
+                raise  # the scheduler stops: the pull dies with it (the gateway sees the new instance)
+            message = "the download was cancelled"
+            await self._end(pull, "failed", status="Cancelled", error_code=Code.PULL_CANCELLED, message=message)
         except AppError as exc:
             await self._end(pull, "failed", status="Error", error_code=exc.code, message=exc.message)
         except Exception:  # boundary: the pull must end with an event, whatever broke

@@ -40,6 +40,7 @@ EVENT_PAYLOADS: dict[str, tuple[str, type[msgspec.Struct]]] = {
     # --- packages: pipeline ---
     "package_event": ("builder", messages.PackageEvent),
     "build_job": ("builder (on upload)", messages.BuildJob),
+    "logs_subject": ("scheduler", messages.LogChunk),  # cli (issue 12)
 }
 KV_VALUES: dict[str, list[tuple[str, str, type[msgspec.Struct] | None]]] = {
     # bucket constant -> (key pattern, writer, value type; None: raw bytes or internal)

@@ -1,0 +1,1 @@
+"""The client commands of ``premd``: each module registers its sub-commands (see premd/cli.py)."""
