@@ -382,7 +382,7 @@ class DockerDriver:
     # --- cli: service logs (issue 12) ---
     async def logs(self, container_id: str, tail: int | None = None) -> list[str]:
         """The container's log lines (stdout and stderr), the last ``tail`` of them when given."""
-        with _mapped(f"logs of {container_id}"):
+        with self._mapped(f"logs of {container_id}"):
             chunks: list[str] = await self._docker.containers.container(container_id).log(
                 stdout=True, stderr=True, tail="all" if tail is None else str(tail)
             )
@@ -393,7 +393,7 @@ class DockerDriver:
         return self._follow(container_id, "all" if tail is None else str(tail))
 
     async def _follow(self, container_id: str, tail: str) -> AsyncIterator[str]:
-        with _mapped(f"logs of {container_id}"):
+        with self._mapped(f"logs of {container_id}"):
             stream = self._docker.containers.container(container_id).log(
                 stdout=True, stderr=True, follow=True, tail=tail
             )
