@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from common import bus, subjects
 from common.component import ServiceComponent
+from common.jetstream import KVMirror, kv_bucket
 from common.messages import (
     Ack,
     AddCustomService,
@@ -16,6 +17,7 @@ from common.messages import (
     CatalogEntry,
     CatalogSnapshot,
     Empty,
+    PackageRecord,
     RefreshRegistries,
     RefreshResult,
     RegistryList,
@@ -25,6 +27,7 @@ from common.messages import (
 )
 from common.settings import OFFICIAL_REGISTRY_URL
 from registry_sync.fetch import Fetcher
+from registry_sync.packages import catalog_entries
 from registry_sync.publish import CatalogPublisher
 from registry_sync.state import ConfigStore
 from registry_sync.sync import RegistrySyncer
@@ -41,16 +44,41 @@ class RegistrySync(ServiceComponent):
     syncer: RegistrySyncer
     _fetcher: Fetcher | None = None
     _refresher: asyncio.Task[None] | None = None
+    _packages: KVMirror[PackageRecord] | None = None
+    _package_task: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
         self._fetcher = Fetcher(self.settings.registry_fetch_timeout_s, self.settings.registry_max_bytes)
         store = await ConfigStore.open(self.js)
         publisher = await CatalogPublisher.open(self.js)
         self.syncer = RegistrySyncer(self.settings, store, publisher, self._fetcher, self.bundled_url)
+        # --- packages: ready model packages join the catalog (origin "packages") ---
+        self._packages = KVMirror(await kv_bucket(self.js, subjects.KV_PACKAGES), PackageRecord)
+        await self._packages.start()
+        self.syncer.packages = catalog_entries(self._packages.values.values())
+        self._packages_changed = asyncio.Event()
+        self._packages.listeners.append(lambda _key, _value: self._packages_changed.set())
         await self.syncer.load()
         self._refresher = asyncio.create_task(self._refresh_forever(), name="registry_sync.refresh")
+        self._package_task = asyncio.create_task(self._follow_packages(), name="registry_sync.packages")
+
+    async def _follow_packages(self) -> None:
+        assert self._packages is not None
+        while True:
+            await self._packages_changed.wait()
+            self._packages_changed.clear()
+            try:
+                await self.syncer.set_packages(catalog_entries(self._packages.values.values()))
+            except Exception:  # boundary: the next change tries again
+                logger.exception("publishing the packages' catalog entries failed")
 
     async def teardown(self) -> None:
+        if self._package_task is not None:
+            self._package_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._package_task
+        if self._packages is not None:
+            await self._packages.stop()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from common.messages import CatalogChanged, CatalogEntry, CatalogSnapshot, Refre
 from common.settings import OFFICIAL_REGISTRY_URL, Settings
 from registry_sync.fetch import Fetcher, is_supported, scheme_of
 from registry_sync.merge import encode_entries, merge
+from registry_sync.packages import PACKAGES
 from registry_sync.publish import CatalogPublisher
 from registry_sync.registry import (
     BUNDLED_AT,
@@ -56,6 +58,8 @@ class RegistrySyncer:
         self.fetcher = fetcher
         self.registries: dict[str, Registry] = {}
         self.custom: list[CatalogEntry] = []
+        self.packages: list[CatalogEntry] = []
+        """Ready model packages (registry_sync/packages.py), kept current from KV_PACKAGES."""
         self.merged: list[CatalogEntry] = []
         self._lock = asyncio.Lock()
 
@@ -204,6 +208,14 @@ class RegistrySyncer:
             self.custom = [e for e in self.custom if e.manifest.id != sid]
             await self._publish()
 
+    async def set_packages(self, entries: typing.List[CatalogEntry]) -> None:  # noqa: UP006 (the list method)
+        """packages: the ready packages changed (or not: nothing is published then)."""
+        async with self._lock:
+            if entries == self.packages:
+                return
+            self.packages = entries
+            await self._publish()
+
     # ---------------------------------------------------------------- internals (under the lock)
 
     def _apply(self, registry: Registry, outcome: Outcome) -> Awaitable[None] | None:
@@ -223,8 +235,9 @@ class RegistrySyncer:
         return event
 
     async def _publish(self) -> CatalogChanged | None:
-        merged = merge([r.entries for r in self.registries.values()], self.custom)
+        merged = merge([r.entries for r in self.registries.values()], [*self.custom, *self.packages])
         wire = {url: r.encoded for url, r in self.registries.items()} | {CUSTOM: encode_entries(self.custom)}
+        wire[PACKAGES] = encode_entries(self.packages)
         encoded = {e.manifest.id: wire[e.origin][e.manifest.id] for e in merged}
         event = await self.publisher.publish(encoded, self.statuses())
         self.merged = merged
