@@ -59,6 +59,8 @@ class Code(StrEnum):
     MODEL_NOT_DOWNLOADED = "model_not_downloaded"
     KEEP_ALIVE_INVALID = "request.keep_alive_invalid"
 
+    # --- reliability (issue 9): a container of another premd (or not premd's) holds the service's name ---
+    CONTAINER_NAME_TAKEN = "container.name_taken"
     # --- reliability (issue 9): the bus connection is down (reconnecting); answered at once, not at a timeout ---
     BUS_DISCONNECTED = "bus.disconnected"
 
@@ -176,6 +178,7 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.CONTAINER_NOT_FOUND: NotFoundError,
     Code.VOLUME_NOT_FOUND: NotFoundError,
     Code.PORT_UNAVAILABLE: ConflictError,
+    Code.CONTAINER_NAME_TAKEN: ConflictError,
     Code.DOCKER_UNAVAILABLE: UnavailableError,
     Code.DOCKER_ERROR: InternalError,
     Code.OPERATION_NOT_FOUND: NotFoundError,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from typing import Protocol
 
@@ -85,6 +86,8 @@ class Scheduler(ServiceComponent):
         self.facts: HostFacts | None = None
         self._docker_root = DEFAULT_DOCKER_ROOT
         self._docker_ok = False
+        self.home = settings.nats_url or os.path.abspath(settings.data_dir)
+        """Where this premd's state lives (labels tell its own containers from another premd's on the engine)."""
         self._docker_seen = False
         """The engine was asked at least once (its first failure is logged; later ones only after a recovery)."""
         self._cpu = CpuSampler()
@@ -117,6 +120,7 @@ class Scheduler(ServiceComponent):
             facts=lambda: self.facts,
             ports=PortAllocator(self.settings.service_host),
             instance=self.instance,
+            home=self.home,
         )
         self.ops = Operations(deps, on_settled=lambda: self.reconciler.kick())
         self.reconciler = Reconciler(deps, self.ops)
@@ -299,7 +303,7 @@ class Scheduler(ServiceComponent):
         known = known_services(self.catalog.entries())
         targets = []
         for c in await self.driver.containers():
-            sid = owner(c, known, self.instance)
+            sid = owner(c, known, self.instance, self.home)
             if sid is not None and c.running and cmd.service_id in (None, sid):
                 targets.append((sid, c))
         if cmd.service_id is not None and not targets:

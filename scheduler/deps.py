@@ -41,3 +41,5 @@ class Deps:
     ports: PortAllocator
     instance: str
     """This premd's id, on the labels of every container it makes."""
+    home: str = ""
+    """Where this premd keeps its state (``LABEL_HOME``)."""

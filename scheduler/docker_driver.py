@@ -39,6 +39,9 @@ LABEL_GENERATION = "io.premd.generation"
 _UNTAGGED = "<none>:<none>"
 _NO_CONNECTION = 900
 """aiodocker's status for "cannot connect to the Docker engine"."""
+LABEL_HOME = "io.premd.home"
+"""Where the premd that made the container keeps its state (data dir, or NATS URL): an instance id that
+changed at the same home is this premd after its data was wiped, not another premd sharing the engine."""
 LABEL_GPUS = "io.premd.gpus"
 """Comma-separated GPU UUIDs the container was given (empty for CPU services)."""
 
@@ -54,6 +57,7 @@ class ContainerInfo(msgspec.Struct, frozen=True, kw_only=True):
     managed: bool
     """Carries premd's labels (False for a premd-compatible container found by name only)."""
     instance: str | None = None
+    home: str | None = None
     service_id: str | None = None
     operation_id: str | None = None
     generation: int = 0
@@ -119,6 +123,7 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     service_id: str
     operation_id: str
     generation: int
+    home: str = ""
     env: list[str] = msgspec.field(default_factory=list)
     command: str | None = None
     container_port: int | None = None
@@ -149,6 +154,8 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         LABEL_GENERATION: str(spec.generation),
         LABEL_GPUS: ",".join(spec.gpu_uuids),
     }
+    if spec.home:
+        labels[LABEL_HOME] = spec.home
     host: dict[str, Any] = {"AutoRemove": False, "RestartPolicy": {"Name": spec.restart_policy}}
     config: dict[str, Any] = {"Image": spec.image, "Env": list(spec.env), "Labels": labels, "HostConfig": host}
     if spec.command:
@@ -202,6 +209,7 @@ def _container_info(raw: Mapping[str, Any]) -> ContainerInfo:
         state=raw.get("State", ""),
         managed=labels.get(LABEL_MANAGED) == "true",
         instance=labels.get(LABEL_INSTANCE),
+        home=labels.get(LABEL_HOME),
         service_id=labels.get(LABEL_SERVICE),
         operation_id=labels.get(LABEL_OPERATION),
         generation=int(generation) if generation.isdigit() else 0,

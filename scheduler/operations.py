@@ -151,7 +151,9 @@ class Operations:
     async def containers_of(self, service_id: str) -> list[ContainerInfo]:
         entry = self.d.catalog.get(service_id)
         known = {service_id: image_repositories(entry.manifest) if entry is not None else frozenset[str]()}
-        return [c for c in await self.d.driver.containers() if owner(c, known, self.d.instance) == service_id]
+        return [
+            c for c in await self.d.driver.containers() if owner(c, known, self.d.instance, self.d.home) == service_id
+        ]
 
     # ------------------------------------------------------------ commands
 
@@ -276,7 +278,9 @@ class Operations:
         """Stop every service that runs or should run; returns how many were stopped."""
         known = known_services(self.d.catalog.entries())
         found = {
-            sid for c in await self.d.driver.containers() if c.running and (sid := owner(c, known, self.d.instance))
+            sid
+            for c in await self.d.driver.containers()
+            if c.running and (sid := owner(c, known, self.d.instance, self.d.home))
         }
         wanted = {sid for sid, d in self.d.desired.items() if d.running}
         stopped = 0

@@ -85,14 +85,16 @@ def known_services(entries: Iterable[CatalogEntry]) -> dict[str, frozenset[str]]
     return {e.manifest.id: image_repositories(e.manifest) for e in entries}
 
 
-def owner(container: ContainerInfo, known: Known, instance: str) -> str | None:
+def owner(container: ContainerInfo, known: Known, instance: str, home: str = "") -> str | None:
     """The service a container belongs to, or None when it is not this premd's.
 
     Another premd's containers (another instance label) are never this one's, even when named after
     a service id this premd knows; nor is an unlabelled one that runs another image than the service's.
+    A container of another instance made at this premd's ``home`` is this premd's from before its data
+    was wiped: its own again.
     """
     if container.managed:
-        ours = container.instance in (None, instance)
+        ours = container.instance in (None, instance) or (bool(home) and container.home == home)
         return container.service_id if ours and container.service_id else None
     repositories = known.get(container.name)
     if repositories and repository(container.image) in repositories:
@@ -110,11 +112,12 @@ def decide(
     containers: Iterable[ContainerInfo],
     busy: set[str],
     instance: str,
+    home: str = "",
 ) -> list[Action]:
     """What to do for every service that is known, desired or has a container of this premd."""
     by_service: dict[str, list[ContainerInfo]] = {}
     for c in containers:
-        sid = owner(c, known, instance)
+        sid = owner(c, known, instance, home)
         if sid is not None:
             by_service.setdefault(sid, []).append(c)
     actions: list[Action] = []

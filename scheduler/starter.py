@@ -145,12 +145,13 @@ class Starter:
         everything = await self.d.driver.containers()
         mine = {sid: image_repositories(manifest)}
         for c in everything:
-            if owner(c, mine, self.d.instance) == sid:
+            if owner(c, mine, self.d.instance, self.d.home) == sid:
                 await self.d.driver.remove(c.id)  # a stale one (premd: ``docker rm -f <id>`` first)
+        self._check_name_free(sid, everything, mine)
         volume = volume_name(sid) if manifest.volume_path else None
         if volume is not None:
             await self.d.driver.ensure_volume(volume, self.d.instance, sid)
-        others = [c for c in everything if c.running and owner(c, mine, self.d.instance) != sid]
+        others = [c for c in everything if c.running and owner(c, mine, self.d.instance, self.d.home) != sid]
         published = {c.host_port for c in others if c.host_port is not None}
         preferred = manifest.default_external_port or manifest.default_port
         lost: set[int] = set()
@@ -173,6 +174,26 @@ class Starter:
                 self.d.ports.release(port)
         raise ConflictError(Code.PORT_UNAVAILABLE, f"no free host port for {sid} after {START_ATTEMPTS} attempts")
 
+    def _check_name_free(self, sid: str, everything: list[ContainerInfo], mine: dict[str, frozenset[str]]) -> None:
+        """Containers are named after the service: one that is not this premd's and holds the name is reported
+        (Docker would only say "409 Conflict"), and left alone."""
+        for c in everything:
+            if c.name != sid or owner(c, mine, self.d.instance, self.d.home) == sid:
+                continue
+            if c.managed:
+                where = f"premd instance {c.instance}" + (f" at {c.home}" if c.home else "")
+                state = "running" if c.running else c.state
+                message = (
+                    f"Container name {sid} is taken by a {state} container of another premd on this Docker engine "
+                    f"({where}): stop the service there, or remove the container (docker rm -f {sid})."
+                )
+            else:
+                message = (
+                    f"Container name {sid} is taken by a container premd did not make (image {c.image}): "
+                    f"rename or remove it (docker rm -f {sid}), then start {sid} again."
+                )
+            raise ConflictError(Code.CONTAINER_NAME_TAKEN, message)
+
     def container_spec(self, operation_id: str, plan: StartPlan, port: int | None, volume: str | None) -> ContainerSpec:
         """The container of a service: named after it, labelled as premd's, its GPUs by UUID."""
         manifest = plan.manifest
@@ -180,6 +201,7 @@ class Starter:
             name=manifest.id,
             image=plan.ref,
             instance=self.d.instance,
+            home=self.d.home,
             service_id=manifest.id,
             operation_id=operation_id,
             generation=plan.generation,

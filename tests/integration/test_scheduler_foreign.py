@@ -15,10 +15,20 @@ from nats.js import JetStreamContext
 from common import bus, subjects
 from common.errors import AppError
 from common.jetstream import kv_bucket, kv_get
-from common.messages import Ack, DesiredState, Empty, ServiceStopped, StopService
+from common.messages import Ack, DesiredState, Empty, OperationAccepted, ServiceStopped, StartService, StopService
 from common.settings import Settings
 from scheduler.component import Scheduler
-from tests.support.scheduler_bed import cleanup_service, new_service_id, put_catalog, ref_manifest, running_scheduler
+from tests.support.scheduler_bed import (
+    Events,
+    cleanup_service,
+    containers_of,
+    new_service_id,
+    put_catalog,
+    ref_manifest,
+    running_scheduler,
+    wait_observed,
+)
+from tests.testbed.containers import ContainerFactory
 from tests.testbed.util import free_port, wait_until
 
 pytestmark = pytest.mark.docker
@@ -89,3 +99,54 @@ async def test_stop_refuses_an_id_not_in_the_catalog(
     finally:
         with contextlib.suppress(aiodocker.DockerError):
             await docker.containers.container(foreign).delete(force=True)
+
+
+async def test_name_conflicts_are_reported_and_a_wiped_premds_container_is_its_own(
+    nc: NATS,
+    js: JetStreamContext,
+    settings: Settings,
+    docker: aiodocker.Docker,
+    ref_image: str,
+    base_image: str,
+    make_container: ContainerFactory,
+) -> None:
+    """Defect 10: a user's container, and a second premd's, holding a service's name: the start fails with
+    ``container.name_taken`` saying who holds it, and nothing is touched. A container this premd made
+    before its data was wiped (another instance id, the same home) is its own again: the start replaces it."""
+    users, second, wiped = new_service_id("users"), new_service_id("second"), new_service_id("wiped")
+    await put_catalog(
+        js, *(ref_manifest(s, ref_image, defaultExternalPort=free_port()) for s in (users, second, wiped))
+    )
+    theirs = {"io.premd.managed": "true", "io.premd.instance": "another-premd", "io.premd.home": "/elsewhere"}
+    before = {
+        "io.premd.managed": "true",
+        "io.premd.instance": "wiped-instance",
+        "io.premd.home": str(settings.nats_url),
+    }
+    holders = {
+        users: (await make_container(base_image, cmd=["sleep", "infinity"], name=users)).id,
+        second: (await make_container(ref_image, labels={**theirs, "io.premd.service": second}, name=second)).id,
+        wiped: (await make_container(ref_image, labels={**before, "io.premd.service": wiped}, name=wiped)).id,
+    }
+    try:
+        async with running_scheduler(settings):
+            outcome = {}
+            for sid in (users, second, wiped):
+                await wait_observed(js, sid, lambda s: s.downloaded)
+                events = await Events.of_service(js, sid)
+                accepted = await bus.request(
+                    nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
+                )
+                outcome[sid] = await events.final(accepted.operation_id)
+                await events.close()
+        for sid, words in ((users, base_image), (second, "another premd")):
+            final = outcome[sid]
+            assert final.type == "failed" and final.error_code == "container.name_taken", final
+            assert words in (final.message or "") and f"docker rm -f {sid}" in (final.message or ""), final
+            assert await state_of(docker, holders[sid]) == "running"
+        assert outcome[wiped].type == "succeeded", outcome[wiped]
+        (now,) = await containers_of(docker, wiped)
+        assert now["Id"] != holders[wiped] and now["Labels"]["io.premd.home"] == settings.nats_url
+    finally:
+        for sid in (users, second, wiped):
+            await cleanup_service(docker, sid)

@@ -6,7 +6,7 @@ import msgspec
 
 from common.messages import DesiredState
 from scheduler.docker_driver import ContainerInfo
-from scheduler.reconcile import CRASHLOOP_AFTER, Action, Adopt, Backoff, Idle, Remove, Start, after_crash
+from scheduler.reconcile import CRASHLOOP_AFTER, Action, Adopt, Backoff, Idle, Remove, Start, after_crash, owner
 from scheduler.reconcile import decide as decide_for
 
 ME = "instance-me"
@@ -122,3 +122,12 @@ def test_backoff_counts_one_crash_once_and_resets_after_a_quiet_window() -> None
     again = after_crash(first, "c2", now=10_000.0, base_s=1.0, cap_s=60.0)
     assert again.crashes == 1 and not again.crashloop
     assert CRASHLOOP_AFTER > 1
+
+
+def test_a_container_made_at_this_home_before_a_wipe_is_this_premds() -> None:
+    """Another instance id at the same home: this premd before its data dir was wiped (defect 10)."""
+    wiped = msgspec.structs.replace(_c("1", "a", owner="instance-old"), home="/data/premd")
+    known = {"a": frozenset({"img"})}
+    assert owner(wiped, known, ME, "/data/premd") == "a"
+    assert owner(wiped, known, ME, "/other/premd") is None
+    assert owner(wiped, known, ME) is None
