@@ -173,20 +173,22 @@ async def test_prune_removes_replaced_catalog_images_only(
     """An old version of a catalog image (untagged by a newer pull) is pruned; the host's own dangling image is not."""
     sid, suffix = new_service_id(), uuid.uuid4().hex[:8]
     local, foreign = f"premd-test/prune-{suffix}:1", f"premd-test/foreign-{suffix}:1"
-    remote = foreign_old = ""
+    remote = foreign_old = old = ""
     try:
-        await _build(docker, base_image, local, "v1")
+        # Content unique to this run: the build cache would otherwise hand every run the same image, whose
+        # repository digests pile up across runs and make it undeletable without force.
+        await _build(docker, base_image, local, f"v1 {suffix}")
         remote = await oci_registry.push(docker, local)
         await docker.images.delete(local)
         await docker.images.pull(remote)
         old = (await docker.images.inspect(remote))["Id"]
-        await _build(docker, base_image, local, "v2")  # a new version under the same tag, pulled over the old
+        await _build(docker, base_image, local, f"v2 {suffix}")  # a new version under the same tag, pulled over the old
         await oci_registry.push(docker, local)
         await docker.images.pull(remote)
         assert (await docker.images.inspect(remote))["Id"] != old
-        await _build(docker, base_image, foreign, "mine")
+        await _build(docker, base_image, foreign, f"mine {suffix}")
         foreign_old = (await docker.images.inspect(foreign))["Id"]
-        await _build(docker, base_image, foreign, "mine, rebuilt")  # the host's own dangling image
+        await _build(docker, base_image, foreign, f"mine, rebuilt {suffix}")  # the host's own dangling image
         await put_catalog(js, ref_manifest(sid, remote))
         async with running_scheduler(settings):
             pruned = await bus.request(nc, subjects.SCHEDULER_PRUNE, Empty(), Ack, 30)
@@ -195,7 +197,7 @@ async def test_prune_removes_replaced_catalog_images_only(
         assert old not in ids and foreign_old in ids
         assert (await docker.images.inspect(remote))["Id"] in ids
     finally:
-        for ref in (remote, local, foreign, foreign_old):
+        for ref in (remote, local, foreign, foreign_old, old):
             if ref:
                 with contextlib.suppress(aiodocker.DockerError):
                     await docker.images.delete(ref, force=True)
