@@ -24,6 +24,7 @@ from nats.micro.service import Service
 from common import codec
 from common.errors import AppError, Code, error_for
 from common.messages import ErrorReply
+from common.nats_auth import BusCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,11 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 """The embedded and test servers allow 8 MiB messages (a registry snapshot entry can be large)."""
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connect with endless reconnects: a restarted nats-server must not take a component down."""
+async def connect(url: str, name: str, credentials: BusCredentials | None = None) -> NATS:
+    """Connect with endless reconnects: a restarted nats-server must not take a component down.
+
+    With ``credentials``: as that bus user, with its own inbox prefix (the only one it may subscribe to).
+    """
 
     async def _error(exc: Exception) -> None:
         logger.warning("nats (%s): %s", name, exc)
@@ -58,6 +62,7 @@ async def connect(url: str, name: str) -> NATS:
         error_cb=_error,
         disconnected_cb=_disconnected,
         reconnected_cb=_reconnected,
+        **_auth(credentials),
     )
 
 
@@ -65,6 +70,15 @@ def require_connected(nc: NATS, subject: str) -> None:
     """Fail at once while the connection is down: a request sent now would only be buffered until its timeout."""
     if not nc.is_connected:
         raise error_for(Code.BUS_DISCONNECTED, f"the bus is disconnected (reconnecting): {subject} not sent")
+
+
+def _auth(credentials: BusCredentials | None) -> dict[str, Any]:
+    if credentials is None:
+        return {}
+    auth: dict[str, Any] = {"user": credentials.user, "password": credentials.password}
+    if credentials.inbox_prefix:
+        auth["inbox_prefix"] = credentials.inbox_prefix
+    return auth
 
 
 async def request(nc: NATS, subject: str, msg: msgspec.Struct, reply: type[Rep], timeout: float) -> Rep:

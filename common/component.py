@@ -8,18 +8,19 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.micro.service import Service
 
-from common import bus
+from common import bus, nats_auth
 from common.errors import SettingsError
 from common.jetstream import ensure_resources
 from common.logs import setup_logging
 from common.loop import run as run_loop
+from common.nats_auth import BusCredentials
 from common.settings import Settings
 from common.version import VERSION
 
@@ -54,9 +55,16 @@ class Running:
         self.settings = settings
         self._started: list[tuple[Component, NATS]] = []
 
-    async def start(self, nats_url: str, components: Sequence[ComponentType]) -> None:
+    async def start(
+        self,
+        nats_url: str,
+        components: Sequence[ComponentType],
+        credentials: Mapping[str, BusCredentials] | None = None,
+    ) -> None:
+        """Each component on its own connection, as its own bus user (``credentials``, else the settings')."""
         for cls in components:
-            nc = await bus.connect(nats_url, name=f"premd-{cls.name}")
+            creds = credentials[cls.name] if credentials else nats_auth.client_credentials(self.settings, cls.name)
+            nc = await bus.connect(nats_url, name=f"premd-{cls.name}", credentials=creds)
             comp = cls(self.settings, nc)
             try:
                 await comp.start()

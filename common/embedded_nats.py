@@ -64,8 +64,10 @@ def _explain(output: str) -> str:
 class EmbeddedNats:
     """A nats-server with JetStream under ``store_dir``, bound to loopback."""
 
-    def __init__(self, store_dir: str | Path, port: int = 4222, host: str = "127.0.0.1") -> None:
+    def __init__(self, store_dir: str | Path, port: int = 4222, host: str = "127.0.0.1", config: str = "") -> None:
         self.store_dir = Path(store_dir)
+        self.config = config
+        """More configuration (common/nats_auth.py's authorization block)."""
         self.port = port
         self.host = host
         self._proc: asyncio.subprocess.Process | None = None
@@ -82,11 +84,13 @@ class EmbeddedNats:
         self._stopping = False
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "nats-server.conf"
+        conf.touch(mode=0o600)  # it may hold the bus passwords
+        conf.chmod(0o600)
         conf.write_text(
             f"listen: {self.host}:{self.port if self.port else -1}\n"
             f"max_payload: {MAX_PAYLOAD}\n"
             # fsync every second (the server's default is 2 min): a power cut loses at most 1 s of state.
-            f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}", sync_interval: "1s" }}\n'
+            f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}", sync_interval: "1s" }}\n' + self.config
         )
         self._proc = await asyncio.create_subprocess_exec(
             nats_server_binary(),

@@ -18,6 +18,7 @@ class Code(StrEnum):
     REGISTRY_UNKNOWN = "registry.unknown"
     REGISTRY_UNSUPPORTED_SCHEME = "registry.unsupported_scheme"
     REGISTRY_FETCH_FAILED = "registry.fetch_failed"
+    REGISTRY_FILE_NOT_ALLOWED = "registry.file_not_allowed"  # issue 10: file:// outside the allowed directory
     SERVICE_INVALID = "service.invalid"
     SERVICE_DUPLICATE = "service.duplicate"
 
@@ -161,6 +162,7 @@ _KIND_BY_CODE: dict[str, type[AppError]] = {
     Code.REGISTRY_UNKNOWN: NotFoundError,
     Code.REGISTRY_UNSUPPORTED_SCHEME: InvalidError,
     Code.REGISTRY_FETCH_FAILED: UnavailableError,
+    Code.REGISTRY_FILE_NOT_ALLOWED: InvalidError,
     Code.SERVICE_INVALID: InvalidError,
     Code.SERVICE_DUPLICATE: ConflictError,
     Code.SERVICE_NOT_FOUND: NotFoundError,

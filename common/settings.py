@@ -112,6 +112,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest body the OpenAI-compatible routes read to find ``model`` (audio uploads included)."""
     log_level: str = "INFO"
     """Python logging level name."""
+    # --- security (issue 10): bus credentials, file:// registries ---
+    nats_credentials: str | None = None
+    """Credentials for ``PREMD_NATS_URL``: a file as ``premd credentials`` writes, or a directory of them
+    (``<component>.json``). Unset: the data directory's own, if any. The embedded NATS always uses those."""
+    registry_file_dir: str | None = None
+    """Directory ``file://`` registries may be read from; outside it only those in PREM_REGISTRY_URL at start."""
     # -- OpenAI clients: idle stop (issue 15)
     idle_stop_s: float = 300.0
     """A service autostarted for a request is stopped after this many seconds without requests (0: as soon as

@@ -5,6 +5,8 @@ No other module spells a subject: they import it from here.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 PREFIX = "premd"
 
 # --- micro services (names answer $SRV.PING / $SRV.INFO; each is also its queue group) ---
@@ -155,3 +157,58 @@ def package_events_filter(package_id: str) -> str:
 def package_log_object(package_id: str) -> str:
     """OBJ_LOGS name of a package's last build log (NDJSON, one PackageLogLine per line)."""
     return f"pkg.{package_id}.log"
+
+
+# --- bus authorization (issue 10): who may use each name above ---
+# common/bus_permissions.py turns this into each bus user's permissions; it refuses to run while a stream,
+# bucket or premd.* subject defined in this module is missing here (a new name cannot be forgotten). A command
+# subject (under one of COMMAND_PREFIXES, and not in ACCESS) needs no entry: its component serves it,
+# COMMAND_SENDERS send it. Subjects built by a function must fall under a name granted here.
+READER = "reader"
+"""Bus user for read-only tools: catalog, state, host facts, events."""
+OPERATOR = "operator"
+"""Bus user for tools that send commands (what the gateway may send) and read what the reader reads."""
+ADMIN = "admin"
+"""Bus user without restrictions, for the machine's owner (backups, debugging) and the tests."""
+ROLES = (READER, OPERATOR, ADMIN)
+USERS = (*COMPONENTS, *ROLES)
+
+COMMAND_PREFIXES = {
+    f"{PREFIX}.scheduler.": SCHEDULER,
+    f"{PREFIX}.registry.": REGISTRY_SYNC,
+    f"{PREFIX}.builder.": BUILDER,
+}
+"""Every constant subject under a prefix is a command (request/reply) served by that component."""
+COMMAND_SENDERS = (GATEWAY, OPERATOR)
+
+
+class Grant(NamedTuple):
+    """Who writes a stream, bucket or subject (its content: publish, purge) and who only reads it."""
+
+    writers: tuple[str, ...]
+    readers: tuple[str, ...]
+
+
+_STATE_READERS = (GATEWAY, READER, OPERATOR)
+
+ACCESS: dict[str, Grant] = {
+    KV_CATALOG: Grant((REGISTRY_SYNC,), (*_STATE_READERS, SCHEDULER, BUILDER)),
+    KV_REGISTRY_CONFIG: Grant((REGISTRY_SYNC,), ()),
+    OBJ_REGISTRY_CONTENT: Grant((REGISTRY_SYNC,), ()),
+    KV_DESIRED: Grant((SCHEDULER,), _STATE_READERS),
+    KV_OBSERVED: Grant((SCHEDULER,), _STATE_READERS),
+    KV_HOST: Grant((SCHEDULER,), (*_STATE_READERS, BUILDER)),
+    OBJ_LOGS: Grant((SCHEDULER, BUILDER), (GATEWAY, OPERATOR)),
+    # Events enter the stream through the event subjects below; nobody purges or rewrites it.
+    EVENTS_STREAM: Grant((), _STATE_READERS),
+    EVENTS_ALL: Grant((), _STATE_READERS),
+    SERVICE_EVENTS_ALL: Grant((SCHEDULER,), _STATE_READERS),
+    CATALOG_CHANGED: Grant((REGISTRY_SYNC,), _STATE_READERS),
+    # packages: the builder owns their records, zips (one grant: KV_PACKAGES and OBJ_PACKAGES share the name),
+    # build jobs and events; the gateway streams uploads in, the builder takes them out.
+    KV_PACKAGES: Grant((BUILDER,), (*_STATE_READERS, REGISTRY_SYNC)),  # ready packages join the catalog
+    OBJ_PACKAGE_UPLOADS: Grant((GATEWAY, BUILDER), ()),
+    BUILD_JOBS_STREAM: Grant((BUILDER,), ()),
+    BUILD_JOBS_ALL: Grant((BUILDER,), ()),
+    PACKAGE_EVENTS_ALL: Grant((BUILDER,), _STATE_READERS),
+}

@@ -26,6 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "premd.commands.registry",
     "premd.commands.events",
     "premd.commands.completion",
+    # --- security: bus credentials for other tools (issue 10) ---
+    "premd.credentials",
 )
 
 

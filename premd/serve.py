@@ -33,16 +33,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run everything until ``stop`` is set (SIGTERM/SIGINT by default)."""
     from common.component import Running, stop_on_signals, unless_stopped
     from common.embedded_nats import EmbeddedNats, wait_stopped_or_bus_lost
+    from common.nats_auth import credentials_dir, ensure_credentials, server_config
 
     stop = stop or stop_on_signals()
     embedded: EmbeddedNats | None = None
     running = Running(settings)
     try:
         url = settings.nats_url
+        credentials = None
         if url is None:
-            embedded = EmbeddedNats(os.path.join(settings.data_dir, "nats"), port=settings.nats_port)
+            # The embedded bus admits only premd's own users, each with its own permissions.
+            credentials = ensure_credentials(credentials_dir(settings.data_dir))
+            embedded = EmbeddedNats(
+                os.path.join(settings.data_dir, "nats"), port=settings.nats_port, config=server_config(credentials)
+            )
             url = await embedded.start()
-        if await unless_stopped(running.start(url, components()), stop, settings.shutdown_timeout_s):
+        if await unless_stopped(running.start(url, components(), credentials), stop, settings.shutdown_timeout_s):
             logger.info("premd serving on http://%s:%d (NATS %s)", settings.host, settings.port, url)
             await wait_stopped_or_bus_lost(stop, embedded)
         logger.info("premd stopping")

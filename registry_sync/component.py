@@ -27,6 +27,7 @@ from common.messages import (
 )
 from common.settings import OFFICIAL_REGISTRY_URL
 from registry_sync.fetch import Fetcher
+from registry_sync.file_policy import FilePolicy
 from registry_sync.packages import catalog_entries
 from registry_sync.publish import CatalogPublisher
 from registry_sync.state import ConfigStore
@@ -48,7 +49,9 @@ class RegistrySync(ServiceComponent):
     _package_task: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
-        self._fetcher = Fetcher(self.settings.registry_fetch_timeout_s, self.settings.registry_max_bytes)
+        self._fetcher = Fetcher(
+            self.settings.registry_fetch_timeout_s, self.settings.registry_max_bytes, FilePolicy.of(self.settings)
+        )
         store = await ConfigStore.open(self.js)
         publisher = await CatalogPublisher.open(self.js)
         self.syncer = RegistrySyncer(self.settings, store, publisher, self._fetcher, self.bundled_url)

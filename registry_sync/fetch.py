@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import msgspec
 
+from registry_sync.file_policy import FilePolicy
+
 SCHEMES = ("http", "https", "file")
 
 
@@ -49,9 +51,11 @@ def is_supported(url: str) -> bool:
 class Fetcher:
     """Fetches registries; owns one aiohttp session (``close()`` it)."""
 
-    def __init__(self, timeout_s: float, max_bytes: int) -> None:
+    def __init__(self, timeout_s: float, max_bytes: int, file_policy: FilePolicy | None = None) -> None:
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
+        self.file_policy = file_policy or FilePolicy(None, ())
+        """Which files may be read (none by default)."""
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -118,6 +122,9 @@ class Fetcher:
         try:
             # O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a regular file is refused below.
             with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                # Judged on the file actually opened: a symbolic link swapped in after a check cannot lead out.
+                if refusal := self.file_policy.refusal(_opened_path(f.fileno(), path)):
+                    raise FetchError(refusal)
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise FetchError(f"{path} is not a regular file")
@@ -136,3 +143,11 @@ class Fetcher:
 
     def _too_large(self, size: int, at_least: bool = False) -> str:
         return f"document {'over' if at_least else 'of'} {size} bytes exceeds the limit of {self.max_bytes} bytes"
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """The real path of an open file (Linux: /proc/self/fd), else ``path`` with its links resolved."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)

@@ -19,6 +19,7 @@ from common.errors import Code, error_for
 from common.messages import CatalogChanged, CatalogEntry, CatalogSnapshot, RefreshResult, RegistryStatus
 from common.settings import OFFICIAL_REGISTRY_URL, Settings
 from registry_sync.fetch import Fetcher, is_supported, scheme_of
+from registry_sync.file_policy import file_path
 from registry_sync.merge import encode_entries, merge
 from registry_sync.packages import PACKAGES
 from registry_sync.publish import CatalogPublisher
@@ -160,6 +161,8 @@ class RegistrySyncer:
             )
         if url in self.registries:
             raise error_for(Code.REGISTRY_DUPLICATE, f"registry {url} is already configured")
+        if scheme_of(url) == "file" and (refusal := self.fetcher.file_policy.refusal(file_path(url))):
+            raise error_for(Code.REGISTRY_FILE_NOT_ALLOWED, refusal)
         outcome = await check(self.fetcher, url, None)
         if isinstance(outcome, Failed):
             raise error_for(Code.REGISTRY_FETCH_FAILED, f"{url}: {outcome.error}")

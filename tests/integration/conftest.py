@@ -22,7 +22,7 @@ async def ref_port() -> AsyncIterator[int]:
 async def edge(settings: Settings, nc: NATS, js: JetStreamContext, ref_port: int) -> AsyncIterator[tuple[Client, str]]:
     """The gateway plus one ready service (the reference service) it can reach."""
     sid = new_sid()
-    async with gateway(settings, nc) as client:
+    async with gateway(settings) as client:
         await put_service(js, sid, host_port=ref_port)
         await seen(client, sid, "ready")
         yield client, sid

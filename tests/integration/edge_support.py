@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from yarl import URL
 
@@ -26,6 +25,7 @@ from common.settings import Settings
 from gateway.app import create_app
 from gateway.forwarding import Front
 from gateway.keys import VIEW
+from tests.support.bus_users import connect_as
 from tests.testbed.util import free_port, wait_http_ok
 
 REF_SERVER = Path(__file__).resolve().parents[1] / "testbed" / "refservice" / "server.py"
@@ -77,14 +77,16 @@ class FrontTestServer(TestServer):
 
 
 @asynccontextmanager
-async def gateway(settings: Settings, nc: NATS) -> AsyncIterator[Client]:
-    """The full gateway app (premd's routes and the edge) on a real loopback server."""
+async def gateway(settings: Settings) -> AsyncIterator[Client]:
+    """The full gateway app (premd's routes and the edge) on a real loopback server, as the gateway bus user."""
+    nc = await connect_as(settings, subjects.GATEWAY)
     client: Client = TestClient(FrontTestServer(create_app(settings, nc), host="127.0.0.1"))
-    await client.start_server()
     try:
+        await client.start_server()
         yield client
     finally:
         await client.close()
+        await nc.close()
 
 
 async def put_service(

@@ -22,6 +22,7 @@ from common.settings import Settings
 from gateway.app import create_app
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
+from tests.support.bus_users import as_admin
 
 
 class Echo(msgspec.Struct, frozen=True):
@@ -134,7 +135,7 @@ class Slow(ServiceComponent):
 async def test_stopping_a_component_lets_the_request_being_answered_finish(settings: Settings, nc: NATS) -> None:
     """Stop = no new requests, the one in progress still gets its reply (it used to be cancelled, unanswered)."""
     running = Running(settings)
-    await running.start(settings.nats_url or "", [Slow])
+    await running.start(settings.nats_url or "", [Slow], as_admin(settings, Slow.name))
     comp = running.get(Slow)
     assert isinstance(comp, Slow)
     comp.entered, comp.release = asyncio.Event(), asyncio.Event()
@@ -159,7 +160,7 @@ async def _no_responders(nc: NATS, subject: str, timeout: float = 5.0) -> None:
 
 async def test_a_request_that_outlives_the_shutdown_bound_is_cancelled(settings: Settings, nc: NATS) -> None:
     running = Running(msgspec.structs.replace(settings, shutdown_timeout_s=0.5))
-    await running.start(settings.nats_url or "", [Slow])
+    await running.start(settings.nats_url or "", [Slow], as_admin(settings, Slow.name))
     comp = running.get(Slow)
     assert isinstance(comp, Slow)
     comp.entered, comp.release = asyncio.Event(), asyncio.Event()

@@ -20,7 +20,6 @@ from typing import Any
 import aiodocker
 import aiohttp
 import msgspec
-import nats
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -38,6 +37,7 @@ from gateway.routes import events as events_routes
 from gateway.service_json import proxy_base_url, service_json
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
+from tests.support.bus_users import connect_as
 from tests.support.scheduler_bed import SchedulerProcess, put_catalog, ref_manifest, wait_observed
 from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
@@ -81,7 +81,7 @@ async def registry_url() -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def component(cls: type[RegistrySync] | type[Scheduler], settings: Settings) -> AsyncIterator[None]:
-    nc = await nats.connect(settings.nats_url or "")
+    nc = await connect_as(settings, cls.name)
     comp = cls(settings, nc)
     await comp.start()
     try:
@@ -92,26 +92,28 @@ async def component(cls: type[RegistrySync] | type[Scheduler], settings: Setting
 
 
 @asynccontextmanager
-async def gateway(settings: Settings, nc: NATS) -> AsyncIterator[Client]:
+async def gateway(settings: Settings) -> AsyncIterator[Client]:
+    nc = await connect_as(settings, subjects.GATEWAY)
     client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
-    await client.start_server()
     try:
+        await client.start_server()
         yield client
     finally:
         await client.close()
+        await nc.close()
 
 
 @pytest.fixture
 async def api(settings: Settings, nc: NATS, js: JetStreamContext) -> AsyncIterator[Client]:
     """The gateway and registry_sync (no scheduler: the routes needing Docker are tested below)."""
-    async with component(RegistrySync, settings), gateway(settings, nc) as client:
+    async with component(RegistrySync, settings), gateway(settings) as client:
         yield client
 
 
 @pytest.fixture
 async def full_api(settings: Settings, nc: NATS, js: JetStreamContext) -> AsyncIterator[Client]:
     """The gateway, registry_sync and the scheduler (real Docker)."""
-    async with component(RegistrySync, settings), component(Scheduler, settings), gateway(settings, nc) as client:
+    async with component(RegistrySync, settings), component(Scheduler, settings), gateway(settings) as client:
         yield client
 
 
@@ -470,7 +472,7 @@ async def test_bus_down_is_503_not_500(
 ) -> None:
     """A JetStream call (here: creating the events consumer) while NATS is away answers premd's 503."""
     quick = msgspec.structs.replace(settings, request_timeout_s=0.5)
-    async with gateway(quick, nc) as client:
+    async with gateway(quick) as client:
         await nats_server.stop()
         try:
             async with client.get("/v1/events") as resp:
@@ -508,7 +510,7 @@ async def test_failure_mid_stream_cuts_the_stream_short(
 
 async def test_body_past_the_limit_is_413(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
     small = msgspec.structs.replace(settings, max_body_bytes=1024)
-    async with gateway(small, nc) as client:
+    async with gateway(small) as client:
         async with client.post(
             "/v1/registries/", data=b" " * 2048, headers={"Content-Type": "application/json"}
         ) as resp:
@@ -749,8 +751,8 @@ async def test_download_ends_with_an_error_when_the_scheduler_dies(
     """A quiet pull is checked at every ping: a dead scheduler ends the stream (Prem App is not left waiting)."""
     monkeypatch.setattr(streams, "PING_INTERVAL_S", 0.2)
     service_id = new_id("gw-dead")
-    scheduler = SchedulerProcess(settings.nats_url or "", tmp_path / "scheduler.log")
-    async with hanging_registry() as host, gateway(settings, nc) as api:
+    scheduler = SchedulerProcess(settings.nats_url or "", tmp_path / "scheduler.log", settings.nats_credentials or "")
+    async with hanging_registry() as host, gateway(settings) as api:
         await put_catalog(js, ref_manifest(service_id, f"{host}/premd-test/hang:1"))
         await wait_listed(api, service_id)
         await scheduler.start(nc)

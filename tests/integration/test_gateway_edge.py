@@ -131,7 +131,7 @@ async def test_proxy_states_unknown_starting_stopped_unreachable(
     settings: Settings, nc: NATS, js: JetStreamContext
 ) -> None:
     starting, failed, stopped, down = new_sid(), new_sid(), new_sid(), new_sid()
-    async with gateway(settings, nc) as client:
+    async with gateway(settings) as client:
         await put_service(js, starting, phase="starting")
         await put_service(js, failed, phase="failed", last_error="exited with code 3")
         await put_service(js, stopped, phase=None)
@@ -179,7 +179,7 @@ async def test_proxy_bridges_websockets(settings: Settings, nc: NATS, js: JetStr
     await server.start_server()
     sid = new_sid()
     try:
-        async with gateway(settings, nc) as client:
+        async with gateway(settings) as client:
             await put_service(js, sid, host_port=server.port)
             await seen(client, sid, "ready")
             async with client.ws_connect(f"/proxy/{sid}/ws?q=1", protocols=("v1.echo",)) as ws:
@@ -287,7 +287,7 @@ async def test_token_required_everywhere_but_health(
     token = "s3cret-token"
     sid = new_sid()
     secured = msgspec.structs.replace(settings, api_token=token)
-    async with gateway(secured, nc) as client:
+    async with gateway(secured) as client:
         await put_service(js, sid, host_port=ref_port)
         await seen(client, sid, "ready")
         for path in (f"/proxy/{sid}/v1/", "/metrics", "/openapi.json", "/v1/models"):
@@ -364,7 +364,7 @@ async def test_done_when_on_a_real_service_container(
     container = await make_container(ref_image, env={"REF_TOKEN_DELAY_S": str(TOKEN_DELAY_S)})
     await container.wait_http("/v1/", deadline_s=30)
     sid = new_sid()
-    async with gateway(settings, nc) as client:
+    async with gateway(settings) as client:
         await put_service(js, sid, host_port=container.ports[8000])
         await seen(client, sid, "ready")
         async with client.post(f"/proxy/{sid}/v1/chat/completions", json=_chat(True)) as resp:

@@ -72,7 +72,7 @@ async def test_openai_errors(edge: tuple[Client, str], settings: Settings, nc: N
         assert resp.status == 400
 
     small = msgspec.structs.replace(settings, openai_max_body_bytes=1024)
-    async with gateway(small, nc) as limited:
+    async with gateway(small) as limited:
         async with limited.post("/v1/embeddings", json={"model": sid, "input": "x" * 2048}) as resp:
             assert resp.status == 413
             assert (await resp.json())["error"]["code"] == "request.too_large"

@@ -80,7 +80,7 @@ async def add_ref_service(js: JetStreamContext, sid: str, image: str, interface:
 async def premd(settings: Settings, nc: NATS, **changes: object) -> AsyncIterator[tuple[Client, openai.AsyncOpenAI]]:
     """The scheduler and the gateway (with ``changes`` to its settings) on the test's NATS, and the SDK."""
     async with running_scheduler(settings):
-        async with gateway(msgspec.structs.replace(settings, **changes), nc) as client:
+        async with gateway(msgspec.structs.replace(settings, **changes)) as client:
             async with sdk(client) as api:
                 yield client, api
 

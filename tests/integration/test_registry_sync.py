@@ -41,6 +41,7 @@ from common.messages import (
     RemoveCustomService,
     RemoveRegistry,
 )
+from common.nats_auth import client_credentials
 from common.settings import Settings
 from registry_sync.component import RegistrySync
 from tests.testbed.registries import REGISTRIES_DIR
@@ -133,10 +134,11 @@ async def registry_server() -> AsyncIterator[RegistryServer]:
 
 @asynccontextmanager
 async def running(settings: Settings, url: str, cls: type[RegistrySync] = RegistrySync) -> AsyncIterator[RegistrySync]:
-    nc = await bus.connect(url, name="test-registry-sync")
+    nc = await bus.connect(url, "test-registry-sync", client_credentials(settings, subjects.REGISTRY_SYNC))
     comp = cls(settings, nc)
     await comp.start()
-    await wait_for(lambda: answers(nc))
+    async with asking(settings, url) as asker:
+        await wait_for(lambda: answers(asker))
     try:
         yield comp
     finally:
@@ -145,6 +147,16 @@ async def running(settings: Settings, url: str, cls: type[RegistrySync] = Regist
             await nc.drain()
         with contextlib.suppress(ConnectionError):  # the server may have been killed under it
             await nc.close()
+
+
+@asynccontextmanager
+async def asking(settings: Settings, url: str) -> AsyncIterator[NATS]:
+    """A connection as the gateway: registry_sync's own bus user may serve its commands, not send them."""
+    nc = await bus.connect(url, "test-gateway", client_credentials(settings, subjects.GATEWAY))
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
@@ -339,8 +351,7 @@ async def test_configuration_and_custom_services_survive_restarts_of_nats_and_re
     second = registry_server.serve(MOCK, data(MOCK))
     custom = dict(json.loads(data(MOCK))[0], id="my-custom-service", name="Mine", myOwnKey=1)
     configured = with_urls(settings, first)
-    async with running(configured, nats_server.url) as comp:
-        nc = comp.nc
+    async with running(configured, nats_server.url), asking(settings, nats_server.url) as nc:
         await wait_for(lambda: checked(nc))
         await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=second), RegistryStatus, TIMEOUT)
         entry = await bus.request(
@@ -352,8 +363,7 @@ async def test_configuration_and_custom_services_survive_restarts_of_nats_and_re
     await nats_server.start()
     fetched = len(registry_server.log)
     restarted = time.time()
-    async with running(configured, nats_server.url) as comp:
-        nc = comp.nc
+    async with running(configured, nats_server.url), asking(settings, nats_server.url) as nc:
         js = nc.jetstream()
         after = await bus.request(nc, subjects.REGISTRY_SNAPSHOT, Empty(), CatalogSnapshot, TIMEOUT)
         assert [r.url for r in after.registries] == [first, second]
@@ -462,7 +472,8 @@ async def test_a_file_registry_that_is_not_a_regular_file_is_refused_at_once(
     fifo = tmp_path / "registry.fifo"
     os.mkfifo(fifo)
     try:
-        async with running(with_urls(settings, registry_fetch_timeout_s=2.0), settings.nats_url or ""):
+        allowed = with_urls(settings, registry_fetch_timeout_s=2.0, registry_file_dir=str(tmp_path))
+        async with running(allowed, settings.nats_url or ""):
             with pytest.raises(AppError) as caught:
                 await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=fifo.as_uri()), RegistryStatus, TIMEOUT)
             assert caught.value.code == Code.REGISTRY_FETCH_FAILED
@@ -500,3 +511,45 @@ async def test_a_slow_stale_fetch_does_not_undo_a_newer_one(
             assert (await catalog(js))[0].order == [m["id"] for m in old[:7]]
     finally:
         release.set()
+
+
+# --- file:// registries: only under PREMD_REGISTRY_FILE_DIR, or given in PREM_REGISTRY_URL at start (issue 10) ---
+
+
+async def test_file_registries_outside_the_allowed_directory_are_refused(
+    settings: Settings, nc: NATS, tmp_path: Path
+) -> None:
+    allowed, outside = tmp_path / "registries", tmp_path / "private"
+    allowed.mkdir()
+    outside.mkdir()
+    for where in (allowed, outside):
+        (where / "r.json").write_bytes(data(MOCK))
+    (allowed / "link.json").symlink_to(outside / "r.json")
+    given = outside / "given.json"
+    given.write_bytes(b"[]")
+    configured = with_urls(settings, given.as_uri(), registry_file_dir=str(allowed))
+    async with running(configured, settings.nats_url or ""):
+        before = [r.url for r in await registries(nc)]
+        assert before == [given.as_uri()]  # given at start: read although outside the directory
+        for url in ((outside / "r.json").as_uri(), (allowed / "link.json").as_uri(), "file:///etc/passwd"):
+            with pytest.raises(AppError) as caught:
+                await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=url), RegistryStatus, TIMEOUT)
+            assert caught.value.code == Code.REGISTRY_FILE_NOT_ALLOWED
+            assert f"under {allowed}" in caught.value.message
+        assert [r.url for r in await registries(nc)] == before  # nothing changed
+        inside = (allowed / "r.json").as_uri()
+        status = await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=inside), RegistryStatus, TIMEOUT)
+        assert (status.status, status.count) == ("ok", 8)
+
+
+async def test_without_an_allowed_directory_only_the_file_registries_given_at_start_are_read(
+    settings: Settings, nc: NATS, tmp_path: Path
+) -> None:
+    (tmp_path / "r.json").write_bytes(data(MOCK))
+    async with running(with_urls(settings), settings.nats_url or ""):
+        with pytest.raises(AppError) as caught:
+            url = (tmp_path / "r.json").as_uri()
+            await bus.request(nc, subjects.REGISTRY_ADD, AddRegistry(url=url), RegistryStatus, TIMEOUT)
+        assert caught.value.code == Code.REGISTRY_FILE_NOT_ALLOWED
+        assert "PREMD_REGISTRY_FILE_DIR is unset" in caught.value.message
+        assert await registries(nc) == []

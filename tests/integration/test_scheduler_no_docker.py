@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aiodocker
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -15,13 +14,14 @@ from common.messages import HostFacts, OperationAccepted, PullImage, StartServic
 from common.settings import Settings
 from scheduler.component import Scheduler
 from scheduler.docker_driver import DockerDriver
+from tests.support.bus_users import connect_as
 from tests.support.scheduler_bed import Events, FakeGpus, new_service_id, put_catalog, ref_manifest
 
 
 async def test_docker_away(nc: NATS, js: JetStreamContext, settings: Settings) -> None:
     sid = new_service_id()
     await put_catalog(js, ref_manifest(sid, "premd-test/anything:1"))
-    own = await nats.connect(settings.nats_url or "")
+    own = await connect_as(settings, subjects.SCHEDULER)
     driver = DockerDriver(aiodocker.Docker(url="unix:///nonexistent/docker.sock"))
     scheduler = Scheduler(settings, own, gpu_probe=FakeGpus([]), driver=driver)
     await scheduler.start()

@@ -36,8 +36,8 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-async def process(nats_url: str, tmp_path: Path) -> AsyncIterator[SchedulerProcess]:
-    proc = SchedulerProcess(nats_url, tmp_path / "scheduler.log")
+async def process(nats_url: str, tmp_path: Path, bus_credentials: Path) -> AsyncIterator[SchedulerProcess]:
+    proc = SchedulerProcess(nats_url, tmp_path / "scheduler.log", bus_credentials)
     try:
         yield proc
     finally:

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import nats
 import pytest
 
+from common import bus, subjects
+from common.nats_auth import credentials_dir, credentials_path, read_credentials
 from tests.testbed.util import StopWaiting, free_port, wait_until
 
 PREMD = str(Path(sys.executable).parent / "premd")
@@ -81,7 +82,8 @@ async def test_serve_health_discovery_and_clean_sigterm(
 ) -> None:
     proc, env = premd
     assert await _wait_health(int(env["PREMD_PORT"]), proc) == {"status": True}
-    nc = await nats.connect(f"nats://127.0.0.1:{env['PREMD_NATS_PORT']}")
+    reader = read_credentials(credentials_path(credentials_dir(env["PREMD_DATA_DIR"]), subjects.READER))
+    nc = await bus.connect(f"nats://127.0.0.1:{env['PREMD_NATS_PORT']}", "test-reader", reader)
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)

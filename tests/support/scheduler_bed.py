@@ -16,7 +16,6 @@ from typing import Any
 
 import aiodocker
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -27,6 +26,7 @@ from common.manifest import Manifest
 from common.messages import CatalogEntry, CatalogMeta, GpuInfo, OperationEvent, ServiceState
 from common.settings import Settings
 from scheduler.component import Scheduler
+from tests.support.bus_users import connect_as
 from tests.testbed.images import REF_PORT
 from tests.testbed.util import StopWaiting, wait_until
 
@@ -81,7 +81,7 @@ class FakeGpus:
 @asynccontextmanager
 async def running_scheduler(settings: Settings, gpu_probe: FakeGpus | None = None) -> AsyncIterator[Scheduler]:
     """The scheduler component in this process on its own connection; stopped (not its containers) after."""
-    nc = await nats.connect(settings.nats_url or "")
+    nc = await connect_as(settings, subjects.SCHEDULER)
     scheduler = Scheduler(settings, nc, gpu_probe=gpu_probe)
     await scheduler.start()
     await nc.flush()  # its subscriptions are on the server before the test's first request
@@ -188,9 +188,10 @@ async def exec_output(docker: aiodocker.Docker, container_id: str, *cmd: str) ->
 class SchedulerProcess:
     """``python -m scheduler`` against the test's NATS, as premd runs it."""
 
-    def __init__(self, nats_url: str, log: Path) -> None:
+    def __init__(self, nats_url: str, log: Path, credentials: str | Path) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
         self.env.update(PREMD_NATS_URL=nats_url, PREMD_RECONCILE_INTERVAL_S="2", PREMD_LOG_LEVEL="INFO")
+        self.env.update(PREMD_NATS_CREDENTIALS=str(credentials))
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
 
