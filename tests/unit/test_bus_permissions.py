@@ -18,7 +18,7 @@ def module_with(**names: object) -> types.ModuleType:
     """A copy of common/subjects.py with more names, as another feature would add them."""
     fake = types.ModuleType("fake_subjects")
     fake.__dict__.update({k: v for k, v in vars(subjects).items() if not k.startswith("__")})
-    fake.ACCESS = dict(subjects.ACCESS)
+    fake.ACCESS = dict(subjects.ACCESS)  # type: ignore[attr-defined]
     fake.__dict__.update(names)
     return fake
 
