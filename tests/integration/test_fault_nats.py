@@ -53,7 +53,7 @@ async def _next_nats_child(proc: asyncio.subprocess.Process, old: int) -> int:
 
 @pytest.fixture
 async def premd_serve(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, str], Path]]:
-    env = _env(tmp_path)
+    env = _env(tmp_path, PREMD_REGISTRY_FILE_DIR=str(REGISTRIES_DIR))  # the test adds a file registry
     log = tmp_path / "premd.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(PREMD, "serve", env=env, stderr=out)

@@ -34,7 +34,7 @@ async def test_six_stats_requests_at_once_all_answer(
     sid = new_service_id()
     await put_catalog(js, ref_manifest(sid, ref_image, defaultExternalPort=free_port()))
     try:
-        async with running_scheduler(settings), gateway(settings, nc) as client:
+        async with running_scheduler(settings), gateway(settings) as client:
             await wait_observed(js, sid, lambda s: s.downloaded)
             events = await Events.of_service(js, sid)
             accepted = await bus.request(
