@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
-import nats
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -24,6 +23,7 @@ from common.messages import Empty, RefreshRegistries, RefreshResult, RegistryLis
 from common.settings import Settings
 from gateway.app import create_app
 from registry_sync.component import RegistrySync
+from tests.support.bus_users import connect_as
 from tests.testbed.registries import REGISTRIES_DIR
 
 MOCK = (REGISTRIES_DIR / "prem-daemon-mock-manifests.json").read_bytes()
@@ -91,7 +91,7 @@ async def flapping() -> AsyncIterator[Flapping]:
 @asynccontextmanager
 async def premd_api(settings: Settings, nc: NATS) -> AsyncIterator[Client]:
     """registry_sync on its own connection and the gateway, both in-process on the test's nats-server."""
-    own = await nats.connect(settings.nats_url or "")
+    own = await connect_as(settings, subjects.REGISTRY_SYNC)
     sync = RegistrySync(settings, own)
     await sync.start()
     client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))

@@ -14,12 +14,13 @@ from typing import Any
 import aiodocker
 import aiohttp
 import msgspec
-import nats
 from aiohttp.test_utils import TestClient, TestServer
 
 from builder.component import Builder
+from common import subjects
 from common.settings import Settings
 from gateway.app import create_app
+from tests.support.bus_users import connect_as
 from tests.support.packages import FileContent, write_package_zip
 from tests.testbed.util import wait_until
 
@@ -82,7 +83,7 @@ async def wait_ended(client: Client, package_id: str, deadline_s: float = 600.0)
 
 @asynccontextmanager
 async def builder(settings: Settings) -> AsyncIterator[Builder]:
-    nc = await nats.connect(settings.nats_url or "")
+    nc = await connect_as(settings, subjects.BUILDER)
     comp = Builder(settings, nc)
     await comp.start()
     try:
@@ -94,7 +95,7 @@ async def builder(settings: Settings) -> AsyncIterator[Builder]:
 
 @asynccontextmanager
 async def gateway(settings: Settings) -> AsyncIterator[Client]:
-    nc = await nats.connect(settings.nats_url or "")
+    nc = await connect_as(settings, subjects.GATEWAY)
     client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
     await client.start_server()
     try:
