@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
@@ -17,6 +16,7 @@ from common.messages import Empty, RegistryList
 from common.settings import Settings
 from registry_sync.component import RegistrySync
 from registry_sync.state import REGISTRIES_KEY, RegistryConfig
+from tests.support.bus_users import connect_as
 from tests.testbed.registries import REGISTRIES_DIR
 
 
@@ -38,7 +38,7 @@ async def test_registry_sync_starts_over_an_undecodable_config_and_replaces_it(
     kv = await kv_bucket(js, subjects.KV_REGISTRY_CONFIG)
     await kv.put(REGISTRIES_KEY, b"{broken")
     url = (REGISTRIES_DIR / "prem-daemon-mock-manifests.json").as_uri()
-    own = await nats.connect(settings.nats_url or "")
+    own = await connect_as(settings, subjects.REGISTRY_SYNC)
     sync = RegistrySync(msgspec.structs.replace(settings, registry_urls=(url,)), own)
     with caplog.at_level(logging.ERROR, logger="common.jetstream"):
         await sync.start()
