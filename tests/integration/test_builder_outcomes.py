@@ -13,7 +13,6 @@ from typing import Any
 
 import aiodocker
 import aiohttp
-import nats
 import pytest
 
 from common.settings import Settings
@@ -30,6 +29,7 @@ from tests.support.builder_bed import (
     wait_ended,
     zip_bytes,
 )
+from tests.support.bus_users import connect_as
 from tests.support.packages import hanging_setup_files, hello_files, raising_files
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.util import wait_until
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.docker
 
 @contextlib.asynccontextmanager
 async def component(cls: type[RegistrySync] | type[Scheduler], settings: Settings) -> AsyncIterator[None]:
-    nc = await nats.connect(settings.nats_url or "")
+    nc = await connect_as(settings, cls.name)
     comp = cls(settings, nc)
     await comp.start()
     try:
