@@ -9,18 +9,11 @@ service image, and the gateway (both in this process, as ``premd serve`` runs th
   service stopped (the ordinary stop operation, container removed);
 - ``GET /v1/models`` with 1,000 downloaded services in the catalog (autostart on: every one is listed).
 
-All traffic stays on 127.0.0.1. Usage: ``.venv/bin/python bench/bench_openai.py [--runs N]``; writes
-bench/results/openai.md.
+All traffic stays on 127.0.0.1. Part of ``python -m bench`` (suite ``openai``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -34,30 +27,23 @@ import openai
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.core import Figure, Progress
+from common import subjects
+from common.embedded_nats import EmbeddedNats
+from common.jetstream import ensure_resources, kv_bucket
+from common.manifest import Manifest
+from common.messages import CatalogEntry, CatalogMeta, ServiceState
+from common.settings import Settings
+from gateway.app import create_app
+from gateway.keys import VIEW
+from scheduler.component import Scheduler
+from tests.testbed.base_image import BASE_IMAGE, ensure_base_image
+from tests.testbed.images import REF_IMAGE, REF_PORT, ensure_ref_image
+from tests.testbed.util import free_port
 
-from common import subjects  # noqa: E402
-from common.embedded_nats import EmbeddedNats  # noqa: E402
-from common.jetstream import ensure_resources, kv_bucket  # noqa: E402
-from common.manifest import Manifest  # noqa: E402
-from common.messages import CatalogEntry, CatalogMeta, ServiceState  # noqa: E402
-from common.settings import Settings  # noqa: E402
-from gateway.app import create_app  # noqa: E402
-from gateway.keys import VIEW  # noqa: E402
-from scheduler.component import Scheduler  # noqa: E402
-from tests.testbed.base_image import BASE_IMAGE, ensure_base_image  # noqa: E402
-from tests.testbed.images import REF_IMAGE, REF_PORT, ensure_ref_image  # noqa: E402
-from tests.testbed.util import free_port  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "openai.md"
 DEADLINE_S = 60.0
 CATALOG_SIZE = 1000
 LISTINGS = 50
-
-
-def _say(text: str) -> None:
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
 def _manifest(service_id: str, image: str) -> Manifest:
@@ -105,17 +91,10 @@ async def _phase(app: web.Application, service_id: str, phase: str) -> None:
     )
 
 
-def _row(name: str, samples: list[float]) -> str:
-    ms = [s * 1000 for s in samples]
-    return (
-        f"| {name} | {len(ms)} | {statistics.median(ms):.1f} | {statistics.fmean(ms):.1f} | "
-        f"{min(ms):.1f} | {max(ms):.1f} |"
-    )
-
-
-async def main(runs: int) -> str:
+async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
+    runs = 2 if quick else 3 * reps
+    progress.step(f"OpenAI SDK: autostart, idle stop, /v1/models ({runs} runs)")
     async with aiodocker.Docker() as docker:
-        version = (await docker.version())["Version"]
         image = await ensure_ref_image(docker, REF_IMAGE, ensure_base_image(BASE_IMAGE))
     service_id = f"bench-oai-{uuid.uuid4().hex[:8]}"
     cold: list[float] = []
@@ -160,7 +139,7 @@ async def main(runs: int) -> str:
             # below (as it would write them) are not the scheduler's to reconcile.
             await scheduler.stop()
             scheduler_running = False
-            _say(f"putting {CATALOG_SIZE} downloaded services in the catalog")
+            progress.say(f"putting {CATALOG_SIZE} downloaded services in the catalog")
             manifests = [_manifest(f"bench-list-{i:04d}", image) for i in range(CATALOG_SIZE)]
             await _put_catalog(nc, manifests)
             observed = await kv_bucket(nc.jetstream(), subjects.KV_OBSERVED)
@@ -177,7 +156,7 @@ async def main(runs: int) -> str:
                     async with http.get(url) as resp:
                         count = len((await resp.json())["data"])
                     listing.append(time.perf_counter() - start)
-            _say(f"listed {count} models")
+            progress.say(f"listed {count} models")
         finally:
             await runner.cleanup()
             if scheduler_running:
@@ -189,37 +168,10 @@ async def main(runs: int) -> str:
                     if (c._container.get("Labels") or {}).get("io.premd.service") == service_id:
                         await c.delete(force=True)
             await server.stop()
-    lines = [
-        "# OpenAI-client benchmark",
-        "",
-        "The official `openai` SDK against premd (scheduler and gateway in one process, embedded nats-server,",
-        "real Docker, the reference service image). Cold: a streamed chat for a stopped service with autostart",
-        "on, until the first token (start + readiness + the request). Warm: the same when the service is ready.",
-        "Idle stop: `X-Premd-Keep-Alive: 0`, from the end of the answer until the view shows the service",
-        f"stopped. `GET /v1/models` with {CATALOG_SIZE} downloaded services in the catalog, all listed.",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPU | {os.cpu_count()} cores, {platform.machine()} |",
-        f"| Python | {platform.python_version()} |",
-        f"| Docker | {version} |",
-        "",
-        "| measure | runs | p50 ms | mean ms | min ms | max ms |",
-        "|---|---|---|---|---|---|",
-        _row("cold: autostart to first token", cold),
-        _row("warm: first token", warm),
-        _row("idle stop: answer end to stopped", idle),
-        _row(f"GET /v1/models ({CATALOG_SIZE} listed)", listing),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args()
-    report = asyncio.run(main(args.runs))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
+    for key, title, samples in (
+        ("openai.cold", "OpenAI SDK: cold (autostart) to first token", cold),
+        ("openai.warm", "OpenAI SDK: warm first token", warm),
+        ("openai.idle-stop", "OpenAI SDK: idle stop, answer end to stopped", idle),
+        ("openai.models", f"GET /v1/models, {CATALOG_SIZE:,} listed", listing),
+    ):
+        figures.setdefault(key, Figure(key, title)).add_run(samples)

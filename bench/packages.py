@@ -3,34 +3,35 @@
 Per shape: ``inspect_package`` (every file decompressed once and hashed, jid.yaml parsed and completed),
 ``extract_package``, ``render_build_context`` (hard links from the extracted package), and the cached
 ``prepare_wheelhouse`` path (a rebuild: no pip run). The first is what an identical re-upload costs before the
-builder finds the package already ready. Usage: ``.venv/bin/python -m bench.bench_packages [--runs 5]``;
-writes bench/results/packages.md.
+builder finds the package already ready. Part of ``python -m bench`` (suite ``packages``).
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.core import Figure, Progress
 from builder.image import prepare_wheelhouse, render_build_context
 from builder.package import PackageLimits, extract_package, inspect_package
 from tests.support.packages import hello_files, six_files, write_package_zip
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "packages.md"
 MIB = 1024 * 1024
 
 
-def _shapes() -> list[tuple[str, dict[str, str | bytes], int]]:
+def _shapes(quick: bool) -> list[tuple[str, dict[str, str | bytes], int]]:
     many = {**hello_files(), **{f"lib/mod_{i:04d}.py": f"X = {i}\n" * 200 for i in range(1000)}}
+    if quick:
+        return [
+            ("hello (2 files)", hello_files(), zipfile.ZIP_DEFLATED),
+            ("1,000 small Python files", many, zipfile.ZIP_DEFLATED),
+        ]
     weights = {**hello_files(), "weights.bin": os.urandom(256 * MIB)}
     return [
         ("hello (2 files)", hello_files(), zipfile.ZIP_DEFLATED),
@@ -49,11 +50,6 @@ def _time(fn: Callable[[], object], runs: int, setup: Callable[[], None] | None 
         fn()
         samples.append(time.perf_counter() - started)
     return samples
-
-
-def _fmt(samples: list[float]) -> str:
-    med = statistics.median(samples) * 1000
-    return f"{med:.1f} ms | {min(samples) * 1000:.1f} ms | {max(samples) * 1000:.1f} ms"
 
 
 def _bench_shape(
@@ -82,42 +78,31 @@ def _bench_shape(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
+    progress.step("packages: inspect, extract, render, wheelhouse")
+    await asyncio.to_thread(_measure, figures, quick, 1 if quick else reps)
+
+
+def _measure(figures: dict[str, Figure], quick: bool, runs: int) -> None:
     limits = PackageLimits.from_settings()
     rows: list[tuple[str, int, str, list[float]]] = []
     with tempfile.TemporaryDirectory(prefix="premd-bench-packages-") as tmp_name:
         tmp = Path(tmp_name)
-        for label, files, compression in _shapes():
-            rows += _bench_shape(tmp, label, files, compression, args.runs, limits)
+        for label, files, compression in _shapes(quick):
+            rows += _bench_shape(tmp, label, files, compression, runs, limits)
         six_zip = write_package_zip(tmp / "six.zip", six_files())
         six = inspect_package(six_zip, limits)
         extract_package(six_zip, tmp / "six")
         cache = tmp / "wheels"
-        first = _time(lambda: prepare_wheelhouse(six.config, tmp / "six", cache), 1)
-        cached = _time(lambda: prepare_wheelhouse(six.config, tmp / "six", cache), args.runs)
-        rows.append(("six==1.16.0", six_zip.stat().st_size, "wheelhouse, first (pip download)", first))
-        rows.append(("six==1.16.0", six_zip.stat().st_size, "wheelhouse, cached", cached))
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines = [
-        f"# Package steps benchmark, median of {args.runs} runs",
-        "",
-        f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores",
-        f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
-        f"- load average at the end: {load} (other work shares the machine)",
-        "- temporary files on the local disk; the wheelhouse's first run downloads from the configured index",
-        "",
-        "| package | zip | step | median | min | max |",
-        "|---|---|---|---|---|---|",
-    ]
+        try:
+            first = _time(lambda: prepare_wheelhouse(six.config, tmp / "six", cache), 1)
+        except Exception:  # the first run downloads from the package index: not every machine reaches one
+            first = []
+        if first:
+            cached = _time(lambda: prepare_wheelhouse(six.config, tmp / "six", cache), runs)
+            rows.append(("six==1.16.0", six_zip.stat().st_size, "wheelhouse, first (pip download)", first))
+            rows.append(("six==1.16.0", six_zip.stat().st_size, "wheelhouse, cached", cached))
     for label, size, step, samples in rows:
-        lines.append(f"| {label} | {size / MIB:.2f} MiB | {step} | {_fmt(samples)} |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+        key = f"packages.{label}.{step}"
+        title = f"package {label} ({size / MIB:.2f} MiB zip): {step}"
+        figures.setdefault(key, Figure(key, title)).add_run(samples)
