@@ -126,6 +126,6 @@ async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps:
         results = await measure(count, 1 if quick and count == 10_000 else reps, documentation=False)
         size = results.pop("size_mb")[0]
         for step, values in results.items():
-            key = f"registry.{count}.{step.split(':')[0].split(',')[0].replace(' ', '-')}"
+            key = f"registry.{count}.{''.join(c if c.isalnum() else '-' for c in step)}"
             title = f"registry_sync, {count:,} manifests ({size:.1f} MB): {step}"
             figures.setdefault(key, Figure(key, title)).add_run(values)
