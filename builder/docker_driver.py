@@ -292,7 +292,9 @@ class BuilderDocker:
         )
         exited = asyncio.ensure_future(container.wait())
         try:
-            done, _ = await asyncio.wait({probe, exited}, timeout=spec.setup_timeout_s)
+            done, _ = await asyncio.wait(
+                {probe, exited}, timeout=spec.setup_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for task in (probe, exited):
                 task.cancel()
