@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import gateway, openai_sdk, packages, registry, scheduler, serve
+from bench import builds, gateway, openai_sdk, packages, registry, scheduler, serve
 from bench.core import RESULTS, Figure, Progress, machine
 from bench.report import write
 
@@ -26,8 +26,9 @@ SUITES: dict[str, tuple[Suite, int]] = {
     "serve": (serve.run, 0),
     "openai": (openai_sdk.run, 0),
     "packages": (packages.run, 0),
+    "builder": (builds.run, 0),
 }
-FIXED_STEPS = {"gateway": 0, "registry": 3, "scheduler": 1, "serve": 1, "openai": 1, "packages": 1}
+FIXED_STEPS = {"gateway": 0, "registry": 3, "scheduler": 1, "serve": 1, "openai": 1, "packages": 1, "builder": 1}
 
 
 async def main(only: list[str], quick: bool, reps: int, out: Path) -> None:

@@ -6,15 +6,12 @@ on the same warm base layers; the order of the two sides alternates. The plain s
 hand with the Dockerfile premd generates: ``docker build --network none``, ``docker run -p``, wait for
 ``/health-check`` READY, one ``POST /predictions``, ``docker rm -f``, then (the "+ push" row) ``docker push`` to
 the same local registry. premd's side is measured from the upload request to ``Status: ready`` seen by polling
-``GET /v1/packages/<id>`` every 50 ms. Usage: ``.venv/bin/python -m bench.bench_builder [--rounds 3]``; writes
-bench/results/builder.md.
+``GET /v1/packages/<id>`` every 50 ms. Part of ``python -m bench`` (suite ``builder``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import tempfile
@@ -25,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.core import machine
+from bench.core import Figure, Progress
 from builder.image import build_network, prepare_wheelhouse, render_build_context, resolve_base_image
 from builder.package import PackageLimits, extract_package, inspect_package
 from common.embedded_nats import EmbeddedNats
@@ -35,9 +32,6 @@ from tests.support.packages import hello_files
 from tests.testbed.base_image import ensure_base_image
 from tests.testbed.oci_registry import start_registry
 from tests.testbed.util import free_port, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "builder.md"
 
 
 def _docker(*args: str, timeout: float = 900) -> str:
@@ -113,7 +107,13 @@ def _med(values: list[float]) -> float:
     return statistics.median(values)
 
 
-async def main(rounds: int, reupload_samples: int) -> None:
+async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
+    rounds = 1 if quick else reps
+    progress.step(f"builder: upload -> ready vs plain docker build, {rounds} round(s)")
+    await _measure(figures, rounds, 3 if quick else 20)
+
+
+async def _measure(figures: dict[str, Figure], rounds: int, reupload_samples: int) -> None:
     base_image = ensure_base_image()
     registry = start_registry()
     made_tags: list[str] = []
@@ -159,62 +159,17 @@ async def main(rounds: int, reupload_samples: int) -> None:
             registry.close()
             for tag in made_tags:
                 await asyncio.to_thread(subprocess.run, ["docker", "rmi", "-f", tag], capture_output=True, check=False)
-    _write(rounds, premd_times, plain_times, push_times, stages, reupload)
-
-
-def _write(
-    rounds: int,
-    premd_times: list[float],
-    plain_times: list[float],
-    push_times: list[float],
-    stages: list[dict[str, float]],
-    reupload: list[float],
-) -> None:
-    details = machine()
-    premd_med = _med(premd_times)
-    plain_med = _med(plain_times)
-    plain_push_med = _med([a + b for a, b in zip(plain_times, push_times, strict=True)])
-    stage_meds = {key: _med([s.get(key, 0.0) for s in stages]) for key in ("queued", "building", "testing", "pushing")}
-    lines = [
-        f"# Builder benchmark: upload -> ready vs plain docker build + run, median of {rounds} rounds",
-        "",
-        *(f"- {key}: {value}" for key, value in details.items()),
-        "- one Docker engine and one local OCI registry (the test bed's), shared with other work on the machine",
-        "",
-        "| what | median | min | max |",
-        "|---|---|---|---|",
-        _row("premd: upload -> ready (build, test, push)", premd_times),
-        _row("plain: docker build + run + one prediction", plain_times),
-        _row("plain: the same + docker push", [a + b for a, b in zip(plain_times, push_times, strict=True)]),
-        _row("identical re-upload (200, no rebuild)", reupload, unit="ms"),
-        "",
-        "premd's stages (median seconds, from the package's Timings): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in stage_meds.items()),
-        "",
-        f"Overhead of premd against plain build + run + push: {(premd_med / plain_push_med - 1) * 100:+.1f}% "
-        f"(aim: under 10%); against plain build + run without a push: {(premd_med / plain_med - 1) * 100:+.1f}%.",
-        f"Identical re-upload: median {_med(reupload) * 1000:.1f} ms (aim: under 100 ms).",
-        "",
-        "Raw samples (s): "
-        + json.dumps(
-            {"premd": premd_times, "plain": plain_times, "push": push_times, "reupload": reupload},
-            default=lambda v: round(v, 4),
-        ),
-        "",
-    ]
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
-def _row(label: str, values: list[float], unit: str = "s") -> str:
-    scale = 1000.0 if unit == "ms" else 1.0
-    med, low, high = (x * scale for x in (_med(values), min(values), max(values)))
-    return f"| {label} | {med:.2f} {unit} | {low:.2f} {unit} | {high:.2f} {unit} |"
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--reuploads", type=int, default=20)
-    args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.reuploads))
+    plain_push = [a + b for a, b in zip(plain_times, push_times, strict=True)]
+    for key, title, samples, unit, baseline in (
+        ("builder.plain", "plain: docker build + run + one prediction", plain_times, "s", None),
+        ("builder.plain-push", "plain: the same + docker push", plain_push, "s", None),
+        ("builder.premd", "premd: upload -> ready (build, test, push)", premd_times, "s", "builder.plain-push"),
+        ("builder.reupload", "identical re-upload (200, no rebuild)", reupload, "ms", None),
+    ):
+        figure = figures.setdefault(key, Figure(key, title, unit=unit, baseline=baseline))
+        figure.add_run(samples)
+    for stage in ("queued", "building", "testing", "pushing"):
+        key = f"builder.stage.{stage}"
+        figures.setdefault(key, Figure(key, f"premd build stage: {stage}", unit="s")).add_run(
+            [s.get(stage, 0.0) for s in stages]
+        )
