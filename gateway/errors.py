@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats.errors
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from common import conversion
@@ -139,6 +140,8 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         logger.warning("%s %s: %r", request.method, request.path, exc)
         code = Code.BUS_TIMEOUT if isinstance(exc, TimeoutError) else Code.BUS_UNAVAILABLE
         return error_response(_BUS_DOWN, 503, code)
+    except HttpProcessingError as exc:  # a malformed body part (multipart headers) read by the handler: the client's
+        return error_response(f"malformed request: {exc.message}", 400, Code.BODY_INVALID)
     except Exception:  # boundary: one failing request never takes the gateway down, and shows no internals
         logger.exception("%s %s failed", request.method, request.path)
         return web.Response(status=500, text="Internal Server Error")

@@ -20,7 +20,7 @@ from aiohttp import web
 from common.version import VERSION
 from gateway.apidoc import ApiDoc, doc_of, documented
 from gateway.keys import SETTINGS
-from gateway.schemas import ErrorResponse, OpenAIErrorResponse
+from gateway.schemas import ErrorResponse, OpenAIErrorResponse, ValidationErrorResponse
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "Prem Daemon"
@@ -124,10 +124,12 @@ def _operation(op: _Op, schemas: dict[Any, Json], secured: bool) -> Json:
         responses[str(status)] = {**ok, "description": "Accepted"}
     envelope = OpenAIErrorResponse.__name__ if tag == "openai" else ErrorResponse.__name__
     for status, description in sorted((doc.errors if doc else {}).items()):
-        responses[str(status)] = {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(name=envelope)}}},
-        }
+        schema: Json = {"$ref": REF_TEMPLATE.format(name=envelope)}
+        if status == 422 and tag != "openai":
+            # reliability (issue 9): a 422 is either premd's envelope or FastAPI's list of validation issues
+            # (an invalid body or query); found by fuzzing the schema.
+            schema = {"anyOf": [schema, {"$ref": REF_TEMPLATE.format(name=ValidationErrorResponse.__name__)}]}
+        responses[str(status)] = {"description": description, "content": {"application/json": {"schema": schema}}}
     if secured:
         responses.setdefault("401", {"description": "missing or wrong bearer token"})
     out["responses"] = responses
@@ -140,7 +142,7 @@ def build_spec(app: web.Application) -> Json:
     """The OpenAPI document of every route ``app`` serves."""
     secured = app[SETTINGS].api_token is not None
     ops = list(_operations(app))
-    types: list[Any] = [ErrorResponse, OpenAIErrorResponse]
+    types: list[Any] = [ErrorResponse, OpenAIErrorResponse, ValidationErrorResponse]
     for op in ops:
         for type_ in (op.doc.body, op.doc.response) if op.doc else ():
             if type_ is not None and type_ not in types:
