@@ -22,7 +22,7 @@ async def test_scheduler_killed_mid_pull_leaves_nothing_pulling_after_restart(
     settings: Settings, nc: NATS, js: JetStreamContext, tmp_path: Path
 ) -> None:
     service_id = new_id("kill-pull")
-    scheduler = SchedulerProcess(settings.nats_url or "", tmp_path / "scheduler.log")
+    scheduler = SchedulerProcess(settings.nats_url or "", tmp_path / "scheduler.log", settings.nats_credentials or "")
     async with hanging_registry() as host:
         await put_catalog(js, ref_manifest(service_id, f"{host}/premd-test/hang:1"))
         await scheduler.start(nc)
