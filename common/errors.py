@@ -51,6 +51,7 @@ class Code(StrEnum):
     FOREIGN_ORIGIN = "security.foreign_origin"
     CROSS_SITE = "security.cross_site"
     HOST_NOT_ALLOWED = "security.host_not_allowed"
+    SERVICE_ORIGIN = "security.service_origin"  # issue 10: a page premd serves (its origin) or started (a service port)
     CORS_ORIGIN_NOT_ALLOWED = "cors.origin_not_allowed"
     PROXY_UNREACHABLE = "proxy.unreachable"
     BODY_TOO_LARGE = "request.too_large"

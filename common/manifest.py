@@ -70,6 +70,10 @@ class Manifest(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     readiness_check: Literal["http", "tcp"] | None = None
     """premd extension: how readiness is checked: ``http`` (``GET /v1/`` must answer 2xx or 400), ``tcp`` (the
     port accepts and holds a connection). Unset: HTTP, falling back to TCP when ``/v1/`` answers 404."""
+    # --- security (issue 10) ---
+    proxy_sandbox: bool = True
+    """premd extension: ``false`` serves the service's pages under ``/proxy/<id>/`` without the
+    ``Content-Security-Policy: sandbox`` premd adds, i.e. with premd's own origin (see docs/security.md)."""
 
     def memory_requirements_mib(self) -> int | None:
         value = self.model_info.get("memoryRequirements")

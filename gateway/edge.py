@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import cors, idle, metrics, openai, openapi, proxy, security
-from gateway.keys import SETTINGS
+from gateway.keys import SETTINGS, VIEW
 
 
 def install(app: web.Application) -> None:
@@ -19,7 +19,7 @@ def install(app: web.Application) -> None:
     settings = app[SETTINGS]
     policy = cors.OriginPolicy(settings.cors_origins)
     app[cors.POLICY] = policy
-    app[security.GUARD] = security.Guard.from_settings(settings, policy)
+    app[security.GUARD] = security.Guard.from_settings(settings, policy, lambda: _service_ports(app))
     app[metrics.METRICS] = metrics.Metrics()
     app[openapi.CACHE] = openapi.SpecCache()
     app.middlewares[0:0] = [cors.preflight_middleware, security.security_middleware, metrics.metrics_middleware]
@@ -31,3 +31,9 @@ def install(app: web.Application) -> None:
     idle.install(app)  # the idle stop of services started on demand (OpenAI routes, issue 15)
     app.add_routes(openapi.routes)
     app.add_routes(metrics.routes)
+
+
+def _service_ports(app: web.Application) -> set[int]:
+    """Ports premd published for services (issue 10: their pages may not drive premd)."""
+    view = app.get(VIEW)
+    return {s.host_port for s in view.observed.values.values() if s.host_port} if view is not None else set()

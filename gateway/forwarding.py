@@ -428,6 +428,8 @@ class Exchange:
                 continue
             lines.append(name + b": " + value + b"\r\n")
         lines.extend(cors_lines(self.front.policy, self.origin, vary))
+        if csp := proxy.sandbox_csp(self.front.app, self.service_id):  # issue 10: an opaque origin for its pages
+            lines.append(b"content-security-policy: " + csp.encode() + b"\r\n")
         if self.rechunk:
             lines.append(b"transfer-encoding: chunked\r\n")
         if not self.front.keep_alive:

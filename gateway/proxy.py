@@ -158,6 +158,26 @@ async def _counted(content: aiohttp.StreamReader, tally: list[int]) -> AsyncIter
         yield chunk
 
 
+# --- security (issue 10): a page served through the proxy runs in an opaque origin ---
+SANDBOX_CSP = "sandbox allow-scripts allow-forms"
+"""Scripts and forms work; without allow-same-origin the page's origin is ``null``: it cannot read premd's API
+(same-origin reads) nor pass its origin checks (``Origin: null`` is refused)."""
+
+
+def sandbox_csp(app: web.Application, service_id: str) -> str | None:
+    """The Content-Security-Policy for the service's proxied answers; None when its manifest opts out."""
+    entry = app[VIEW].catalog.get(service_id)
+    if entry is not None and not entry.manifest.proxy_sandbox:
+        return None
+    return SANDBOX_CSP
+
+
+def _sandboxed(headers: CIMultiDict[str], app: web.Application, service_id: str) -> CIMultiDict[str]:
+    if csp := sandbox_csp(app, service_id):
+        headers.add("Content-Security-Policy", csp)  # beside the service's own: browsers enforce both
+    return headers
+
+
 async def forward(
     request: web.Request, service_id: str, target: str, path_qs: str, prefix: str, body: bytes | None = None
 ) -> web.StreamResponse:
@@ -200,11 +220,13 @@ async def forward(
                 logger.info("proxy %s: service closed mid-response: %r", service_id, exc)
                 raise ApiError(f"service {service_id!r} broke off its answer", 502, Code.PROXY_UNREACHABLE) from None
             received = len(payload)
-            headers = _response_headers(upstream)
+            headers = _sandboxed(_response_headers(upstream), request.app, service_id)
             headers.popall("Content-Length", None)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
         response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=_response_headers(upstream)
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=_sandboxed(_response_headers(upstream), request.app, service_id),
         )
         await response.prepare(request)
         received = await _pump(request, response, upstream, service_id)

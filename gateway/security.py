@@ -11,7 +11,9 @@ Rules, in order (a refused request never reaches a handler):
    ``Sec-Fetch-Site: cross-site`` (an ``<img src>`` or a link to ``/v1/system-prune/``). An allowed
    ``Origin`` passes even when cross-site (the Tauri desktop app is ``tauri://localhost``). Clients without
    ``Origin`` (curl, SDKs) pass. The proxy and the OpenAI routes count too: a web page must not POST to a
-   model any more than stop one.
+   model any more than stop one. Pages premd itself serves or starts are refused too (``own_page``):
+   premd's own origin, a loopback origin on a service's published port, and ``Sec-Fetch-Site: same-origin``
+   or ``same-site`` without an ``Origin``.
 3. **Token** (when ``PREMD_API_TOKEN`` is set): ``Authorization: Bearer <token>`` on every route but the
    health check (``GET /v1/``, ``GET /v1``), compared in constant time. Browsers cannot add a header to an
    ``EventSource`` or a ``WebSocket``, so those two (a GET with ``Accept: text/event-stream``, or an upgrade)
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable, Container
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -63,6 +67,28 @@ def foreign_site(origin: str | None, fetch_site: str | None, policy: OriginPolic
     return None
 
 
+def own_page(
+    origin: str | None, fetch_site: str | None, host: str, own_port: int, service_ports: Callable[[], Container[int]]
+) -> bool:
+    """True when the browser says the request comes from a page premd serves or started: premd's own origin (a
+    service page under /proxy/ whose manifest opted out of the sandbox), or a loopback origin on a port premd
+    published for a service. Allowed origins (``http://localhost:*``) cover those ports, so this is checked too.
+    """
+    if origin is None:  # no Origin: an <img>, a link, a form GET; the browser still says where from
+        return fetch_site in ("same-origin", "same-site")
+    lowered = origin.strip().lower()
+    if host and lowered in (f"http://{host.lower()}", f"https://{host.lower()}"):
+        return True
+    try:
+        parts = urlsplit(lowered)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return False
+    if port is None or not is_loopback_host(parts.netloc):
+        return False
+    return port == own_port or port in service_ports()  # computed only for a loopback origin
+
+
 def is_loopback_host(host: str) -> bool:
     """True for a ``Host`` header naming this machine: localhost, *.localhost or a loopback IP (any port)."""
     name = host.strip().lower()
@@ -100,20 +126,33 @@ class Guard:
     policy: OriginPolicy
     token: bytes | None
     check_host: bool
+    own_port: int = 0
+    service_ports: Callable[[], Container[int]] = frozenset
+    """The ports premd published for services now (read per request: they change as services start)."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, policy: OriginPolicy) -> Guard:
+    def from_settings(
+        cls, settings: Settings, policy: OriginPolicy, service_ports: Callable[[], Container[int]] = frozenset
+    ) -> Guard:
         token = settings.api_token.encode() if settings.api_token else None
-        return cls(policy=policy, token=token, check_host=token is None and not settings.is_exposed())
+        check_host = token is None and not settings.is_exposed()
+        return cls(policy, token, check_host, settings.port, service_ports)
 
     def refusal(self, request: web.Request) -> ApiError | None:
         headers = request.headers
         if self.check_host and not is_loopback_host(headers.get("Host", "localhost")):
             return ApiError("premd answers only to localhost names without an API token", 403, Code.HOST_NOT_ALLOWED)
         if is_state_changing(request.method, request.path, headers.get("Upgrade", "")):
-            code = foreign_site(headers.get("Origin"), headers.get("Sec-Fetch-Site"), self.policy)
+            origin, fetch_site = headers.get("Origin"), headers.get("Sec-Fetch-Site")
+            code = foreign_site(origin, fetch_site, self.policy)
             if code is not None:
                 return ApiError("requests that change state are refused from other sites", 403, code)
+            if own_page(origin, fetch_site, headers.get("Host", ""), self.own_port, self.service_ports):
+                return ApiError(
+                    "requests that change state are refused from pages premd serves or starts (a service's page)",
+                    403,
+                    Code.SERVICE_ORIGIN,
+                )
         if self.token is not None and not self._authenticated(request):
             code = Code.AUTH_INVALID if "Authorization" in headers else Code.AUTH_REQUIRED
             return ApiError(

@@ -263,8 +263,9 @@ async def test_foreign_site_cannot_stop_a_service(edge: tuple[Client, str], nc: 
     state = client.app[VIEW].state(sid)
     assert state is not None and state.phase == "ready"
 
-    # Allowed origins, same-site pages and clients without Origin go through.
-    for headers in ({"Origin": APP_ORIGIN, "Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {}):
+    # Allowed origins, what the user typed and clients without Origin go through. (Same-site without an Origin,
+    # an <img> on a service's own port, is refused since issue 10: tests/integration/test_service_origins.py.)
+    for headers in ({"Origin": APP_ORIGIN, "Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "none"}, {}):
         async with client.post(f"/proxy/{sid}/echo", data=b"x", headers=headers) as resp:
             assert resp.status == 200, headers
     async with client.get(f"/proxy/{sid}/v1/", headers={"Origin": EVIL_ORIGIN}) as resp:

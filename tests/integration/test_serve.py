@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import aiohttp
 import pytest
 
 from common import bus, subjects
-from common.nats_auth import credentials_dir, credentials_path, read_credentials
+from common.nats_auth import BusCredentials, credentials_dir, credentials_path, read_credentials
 from tests.testbed.util import StopWaiting, free_port, wait_until
 
 PREMD = str(Path(sys.executable).parent / "premd")
@@ -82,8 +84,14 @@ async def test_serve_health_discovery_and_clean_sigterm(
 ) -> None:
     proc, env = premd
     assert await _wait_health(int(env["PREMD_PORT"]), proc) == {"status": True}
-    reader = read_credentials(credentials_path(credentials_dir(env["PREMD_DATA_DIR"]), subjects.READER))
-    nc = await bus.connect(f"nats://127.0.0.1:{env['PREMD_NATS_PORT']}", "test-reader", reader)
+    # A tool's way in: `premd credentials reader` (the file is 0600; anonymous clients are refused).
+    printed = await asyncio.create_subprocess_exec(PREMD, "credentials", "reader", env=env, stdout=PIPE)
+    given = json.loads((await printed.communicate())[0])
+    assert given["url"] == f"nats://127.0.0.1:{env['PREMD_NATS_PORT']}" and given["user"] == subjects.READER
+    path = credentials_path(credentials_dir(env["PREMD_DATA_DIR"]), subjects.READER)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and read_credentials(path).password == given["password"]
+    reader = BusCredentials(given["user"], given["password"], given["inbox_prefix"])
+    nc = await bus.connect(given["url"], "test-reader", reader)
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
