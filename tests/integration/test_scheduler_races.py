@@ -221,7 +221,7 @@ async def test_reconcile_start_failing_without_a_container_backs_off(
     await desired.put(sid, msgspec.json.encode(wanted))
     slow = msgspec.structs.replace(settings, crash_backoff_s=60.0)
     async with running_scheduler(slow) as scheduler:
-        await wait_observed(js, sid, lambda s: s.phase == "failed" and s.error_code == "docker.error")
+        await wait_observed(js, sid, lambda s: s.phase == "failed" and s.error_code == "container.name_taken")
         await _passes(scheduler, 3)
         filtered = subjects.service_events_filter(sid)
         info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=filtered)
