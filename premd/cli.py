@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "premd.commands.logs",
     "premd.commands.registry",
     "premd.commands.events",
+    "premd.commands.packages",
     "premd.commands.completion",
     # --- security: bus credentials for other tools (issue 10) ---
     "premd.credentials",

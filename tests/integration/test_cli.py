@@ -28,6 +28,8 @@ from typing import Any
 import aiodocker
 import pytest
 
+from tests.support.builder_bed import remove_package_images, unique
+from tests.support.packages import hello_files, write_package_dir
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.util import free_port, run_isolated, wait_until_sync
 
@@ -47,6 +49,8 @@ class Daemon:
     stalled: str
     """Its image is on a registry that never answers: its pull stays in flight until cancelled."""
     registry_dir: Path
+    packages: list[str]
+    """IDs of the packages built, whose images are removed at the end."""
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -110,7 +114,9 @@ class SilentRegistry:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, ref_image: str, oci_registry: OciRegistry) -> Iterator[Daemon]:
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, ref_image: str, base_image: str, oci_registry: OciRegistry
+) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("cli")
     name = f"premd-test/cli-{uuid.uuid4().hex[:8]}"
 
@@ -141,10 +147,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, ref_image: str, oci_registr
         PREMD_PORT=str(port),
         PREMD_NATS_PORT=str(free_port()),
         PREM_REGISTRY_URL=registry_file.as_uri(),
+        # the builder: the test bed's base image (nothing is downloaded) and its OCI registry
+        PREMD_BUILDER_BASE_IMAGES=f"3.11={base_image}",
+        PREMD_BUILDER_PUSH_REGISTRY=oci_registry.host,
+        PREMD_BUILDER_SETUP_TIMEOUT_S="30",
+        PREMD_BUILDER_RUN_TIMEOUT_S="30",
+        PREMD_BUILDER_TEST_MEMORY_BYTES=str(256 * 1024 * 1024),
     )
     proc = subprocess.Popen([PREMD, "serve"], env=env, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    bed = Daemon(url=url, env=env, chat=chat, other=other, stalled=stalled, registry_dir=tmp)
+    bed = Daemon(url=url, env=env, chat=chat, other=other, stalled=stalled, registry_dir=tmp, packages=[])
     try:
 
         def listed() -> bool:
@@ -169,6 +181,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, ref_image: str, oci_registr
                     await docker.images.delete(image, force=True)
                 except aiodocker.DockerError:
                     pass
+                await remove_package_images(docker, bed.packages)
 
         run_isolated(clean)
 
@@ -427,3 +440,37 @@ def test_openapi_documents_the_new_routes(daemon: Daemon) -> None:
     assert "get" in paths["/v1/logs/{service_id}"]
     assert {"post", "delete"} <= set(paths["/v1/pulls/{service_id}"])
     assert "get" in paths["/v1/states/"] and "get" in paths["/v1/system"]
+
+
+def test_package_push_folder_to_ready_then_ls_show_pull_rm(daemon: Daemon, tmp_path: Path) -> None:
+    folder = write_package_dir(tmp_path / "hello", unique(hello_files()))
+    done = daemon.cli("package", "push", str(folder), timeout=600)
+    assert done.returncode == 0, done.stderr
+    [id_line] = [line for line in done.stdout.splitlines() if line.startswith("id ")]
+    package_id = id_line.split()[1]
+    daemon.packages.append(package_id)
+    assert len(package_id) == 64
+    assert "ready" in done.stdout and f"premd-test/hello:{package_id[:12]}-docker-cpu" in done.stdout
+    assert "[4/4] ready" in done.stdout  # the stages, as plain lines without a terminal
+
+    # the same folder again, with --json: the same ID (the zip is made the same way), ready at once
+    again = daemon.json("package", "push", str(folder))
+    assert again["ID"] == package_id and again["Status"] == "ready"
+    listed = daemon.json("package", "ls")
+    assert package_id in {p["ID"] for p in listed}
+    shown = daemon.json("package", "show", package_id[:12])
+    assert shown["ID"] == package_id and shown["Artifacts"][0]["Test"]["Status"] == "passed"
+    dest = tmp_path / "copy.zip"
+    pulled = daemon.json("package", "pull", package_id[:12], "-o", str(dest))
+    assert pulled == {"id": package_id, "path": str(dest), "size": dest.stat().st_size}
+    assert daemon.json("package", "rm", package_id)["message"]
+    gone = daemon.cli("package", "show", package_id)
+    assert gone.returncode == 1 and gone.stderr.startswith("premd: ")
+
+
+def test_package_push_of_a_folder_without_jid_yaml(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "model.py").write_text("x = 1\n")
+    done = daemon.cli("package", "push", str(tmp_path / "empty"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"premd: {tmp_path / 'empty'} has no jid.yaml at its top: is it the package's folder?"
