@@ -80,6 +80,9 @@ def pull(api: Api, ui: Ui, sid: str, force: bool = False) -> dict[str, Any]:
             if ui.json:
                 ui.emit(event)
             if event["type"] == "succeeded":
+                if not ui.json:
+                    total = human_bytes(event.get("bytes_total"))
+                    ui.line(f"{sid}: 100% ({total} of {total})")
                 return event
             _check(sid, event)
             pct = event.get("percentage")

@@ -30,12 +30,14 @@ import pytest
 
 from tests.support.builder_bed import remove_package_images, unique
 from tests.support.packages import hello_files, write_package_dir
+from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.util import free_port, run_isolated, wait_until_sync
 
 pytestmark = pytest.mark.docker
 
 PREMD = str(Path(sys.executable).parent / "premd")
+BLOB_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -121,9 +123,14 @@ def daemon(
     name = f"premd-test/cli-{uuid.uuid4().hex[:8]}"
 
     async def push() -> str:
+        """The reference service plus a layer of its own, so that a pull downloads real bytes."""
         async with aiodocker.Docker() as docker:
-            remote = await oci_registry.push(docker, ref_image, name=name)
-            await docker.images.delete(remote, force=True)
+            local = f"{name}-local:1"
+            dockerfile = f"FROM {ref_image}\nCOPY blob /opt/blob\n".encode()
+            await build_image(docker, local, {"Dockerfile": dockerfile, "blob": os.urandom(BLOB_BYTES)})
+            remote = await oci_registry.push(docker, local, name=name)
+            for tag in (remote, local):
+                await docker.images.delete(tag, force=True)
             return remote
 
     image = run_isolated(push)
@@ -293,10 +300,19 @@ def test_pull_shows_progress_to_100_percent(daemon: Daemon) -> None:
     code, screen = _in_pty([PREMD, "pull", daemon.other], daemon.env)
     assert code == 0, screen
     assert "100%" in screen and f"Downloaded {daemon.other}" in screen, screen
+    assert "MB" in screen  # the bar counts the bytes of the image's own layer
     assert daemon.state(daemon.other)["downloaded"] is True
     # --json: the pull's events, one a line, the last one succeeded at 100 %
     events = [json.loads(line) for line in daemon.cli("pull", daemon.other, "--json").stdout.splitlines()]
     assert events[-1]["type"] == "succeeded" and events[-1]["percentage"] == 100
+    first = [json.loads(line) for line in daemon.cli("rm", daemon.other, "--json").stdout.splitlines()]
+    assert first[0]["message"] == f"Service {daemon.other} removed successfully."
+    # without a terminal: a line every 10 %, bytes counted, the last at 100 %
+    plain = daemon.cli("pull", daemon.other)
+    assert plain.returncode == 0, plain.stderr
+    progress = [line for line in plain.stdout.splitlines() if line.startswith(f"{daemon.other}: ")]
+    assert progress[-1].startswith(f"{daemon.other}: 100% (") and " MB of " in progress[-1], plain.stdout
+    assert plain.stdout.splitlines()[-1].startswith(f"Downloaded {daemon.other} (")
 
 
 def test_pull_detach_reattach_cancel(daemon: Daemon) -> None:
