@@ -392,7 +392,7 @@ class DockerDriver:
         """The container's log lines (stdout and stderr), the last ``tail`` of them when given."""
         with self._mapped(f"logs of {container_id}"):
             chunks: list[str] = await self._docker.containers.container(container_id).log(
-                stdout=True, stderr=True, tail="all" if tail is None else str(tail)
+                stdout=True, stderr=True, tail="all" if tail is None else str(tail), timeout=self._call
             )
         return "".join(chunks).splitlines()
 
@@ -403,7 +403,11 @@ class DockerDriver:
     async def _follow(self, container_id: str, tail: str) -> AsyncIterator[str]:
         with self._mapped(f"logs of {container_id}"):
             stream = self._docker.containers.container(container_id).log(
-                stdout=True, stderr=True, follow=True, tail=tail
+                stdout=True,
+                stderr=True,
+                follow=True,
+                tail=tail,
+                timeout=self._unbounded,  # a quiet log is no fault
             )
             async for chunk in stream:
                 yield chunk
