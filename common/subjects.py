@@ -55,6 +55,8 @@ SCHEDULER_LOGS = f"{PREFIX}.scheduler.logs"
 """A container's log lines; with ``follow`` the scheduler publishes chunks on logs_subject(session)."""
 SCHEDULER_LOGS_RENEW = f"{PREFIX}.scheduler.logs.renew"
 """Keeps a followed log session alive (the scheduler ends one not renewed in time), or ends it (``stop``)."""
+LOGS_ALL = f"{PREFIX}.logs.>"
+"""Every followed log's chunks (see logs_subject)."""
 
 
 def logs_subject(session: str) -> str:
@@ -211,4 +213,6 @@ ACCESS: dict[str, Grant] = {
     BUILD_JOBS_STREAM: Grant((BUILDER,), ()),
     BUILD_JOBS_ALL: Grant((BUILDER,), ()),
     PACKAGE_EVENTS_ALL: Grant((BUILDER,), _STATE_READERS),
+    # cli (issue 12): followed service logs, from the scheduler to the gateway that asked
+    LOGS_ALL: Grant((SCHEDULER,), (GATEWAY,)),
 }

@@ -28,6 +28,7 @@ def test_every_bucket_stream_and_command_of_subjects_is_documented() -> None:
     documented = {command.subject for command in bus_docs.commands()}
     events = {subjects.CATALOG_CHANGED, subjects.EVENTS_ALL, subjects.SERVICE_EVENTS_ALL}
     events |= {subjects.PACKAGE_EVENTS_ALL, subjects.BUILD_JOBS_ALL}  # packages: event filter, job stream subjects
+    events |= {subjects.LOGS_ALL}  # cli: followed log chunks (documented as logs_subject)
     assert set(command_subjects) - events <= documented
 
 
