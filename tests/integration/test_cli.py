@@ -154,6 +154,7 @@ def daemon(
         PREMD_PORT=str(port),
         PREMD_NATS_PORT=str(free_port()),
         PREM_REGISTRY_URL=registry_file.as_uri(),
+        PREMD_REGISTRY_FILE_DIR=str(tmp),  # `premd registry add file://...` may name files there
         # the builder: the test bed's base image (nothing is downloaded) and its OCI registry
         PREMD_BUILDER_BASE_IMAGES=f"3.11={base_image}",
         PREMD_BUILDER_PUSH_REGISTRY=oci_registry.host,
