@@ -53,8 +53,8 @@ from scheduler.logs import ServiceLogReader
 from scheduler.operations import Operations
 from scheduler.ports import PortAllocator
 from scheduler.pulls import Pulls
-from scheduler.reconcile import known_services, owner
-from scheduler.reconciler import Reconciler
+from scheduler.reconcile_loop import Reconciler
+from scheduler.reconcile_rules import known_services, owner
 from scheduler.state import DesiredStore, ObservedStore, instance_id, normalize_ref, split_ref
 from scheduler.stats import container_stats
 from scheduler.tasks import TaskOwner

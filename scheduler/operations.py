@@ -23,7 +23,7 @@ from common.messages import DesiredState, GpuInfo, OperationAccepted, ServiceSto
 from scheduler.deps import Deps, Op
 from scheduler.docker_driver import ContainerInfo, ContainerSpec
 from scheduler.events import check_operation_id, new_operation_id
-from scheduler.reconcile import Backoff, image_repositories, known_services, owner
+from scheduler.reconcile_rules import Backoff, image_repositories, known_services, owner
 from scheduler.starter import Starter, StartPlan
 from scheduler.state import NO_ERROR, NOT_RUNNING, image_status, normalize_ref
 

@@ -22,7 +22,7 @@ from common.messages import EventType, GpuInfo, GpuPlacement
 from scheduler.deps import Deps, Op
 from scheduler.docker_driver import ContainerInfo, ContainerSpec
 from scheduler.readiness import PROBES, readiness_check, wait_ready
-from scheduler.reconcile import Backoff, after_crash, image_repositories, owner
+from scheduler.reconcile_rules import Backoff, after_crash, image_repositories, owner
 from scheduler.state import NO_ERROR, NOT_RUNNING
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,7 @@ from common.errors import Code, UnavailableError
 from common.messages import Empty, OperationAccepted, OperationEvent, PullImage, ServiceIdentity, ServiceState
 from gateway import streams
 from gateway.apidoc import documented
-from gateway.errors import ApiError, json_response
-from gateway.keys import NC, SETTINGS, VIEW
-from gateway.operations import (
+from gateway.commands import (
     SERVICE_NOT_FOUND,
     OperationFailed,
     Update,
@@ -31,6 +29,8 @@ from gateway.operations import (
     require_service,
     watch_service,
 )
+from gateway.errors import ApiError, json_response
+from gateway.keys import NC, SETTINGS, VIEW
 from gateway.schemas import (
     ProgressDetail,
     PullErrorDetail,

@@ -6,7 +6,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.apidoc import documented
-from gateway.interfaces import INTERFACES
+from gateway.interface_texts import INTERFACES
 from gateway.schemas import Interface
 
 routes = web.RouteTableDef()

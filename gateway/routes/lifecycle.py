@@ -23,9 +23,7 @@ from common.messages import (
     StopService,
 )
 from gateway.apidoc import documented
-from gateway.errors import ApiError, json_response, read_body
-from gateway.keys import SETTINGS, VIEW
-from gateway.operations import (
+from gateway.commands import (
     SERVICE_NOT_FOUND,
     OperationFailed,
     ask,
@@ -34,6 +32,8 @@ from gateway.operations import (
     require_service,
     watch_service,
 )
+from gateway.errors import ApiError, json_response, read_body
+from gateway.keys import SETTINGS, VIEW
 from gateway.schemas import RunServiceInput, SuccessResponse
 from gateway.streams import Closed
 

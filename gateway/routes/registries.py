@@ -7,9 +7,9 @@ from aiohttp import web
 from common import subjects
 from common.messages import AddRegistry, Empty, RegistryList, RemoveRegistry
 from gateway.apidoc import documented
+from gateway.commands import ask, catch_up
 from gateway.errors import json_response, missing, read_body
 from gateway.keys import SETTINGS
-from gateway.operations import ask, catch_up
 from gateway.schemas import RegistryInput, RegistryResponse, SuccessResponse
 
 routes = web.RouteTableDef()

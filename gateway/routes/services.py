@@ -10,9 +10,9 @@ from aiohttp import web
 from common import subjects
 from common.messages import AddCustomService, Empty
 from gateway.apidoc import documented
+from gateway.commands import SERVICE_NOT_FOUND, ask, not_found
 from gateway.errors import ApiError, convert, json_response, read_json
 from gateway.keys import LISTING, SETTINGS, VIEW
-from gateway.operations import SERVICE_NOT_FOUND, ask, not_found
 from gateway.schemas import Service, ServiceInput
 
 routes = web.RouteTableDef()

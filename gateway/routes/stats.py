@@ -8,8 +8,8 @@ from common import subjects
 from common.errors import Code
 from common.messages import ContainerStats, ContainerStatsList, Empty, GetContainerStats, GPUStats, OSStats
 from gateway.apidoc import documented
+from gateway.commands import SERVICE_NOT_FOUND, ask, require_service
 from gateway.errors import ApiError, json_response
-from gateway.operations import SERVICE_NOT_FOUND, ask, require_service
 
 routes = web.RouteTableDef()
 

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from common import bus, subjects
 from common.messages import OperationAccepted, ServiceState, StartService
 from common.settings import Settings
-from scheduler.reconcile import CRASHLOOP_AFTER
+from scheduler.reconcile_rules import CRASHLOOP_AFTER
 from tests.support.scheduler_bed import (
     Events,
     SchedulerProcess,

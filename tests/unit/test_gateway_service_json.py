@@ -10,7 +10,7 @@ import pytest
 
 from common.manifest import Manifest
 from common.messages import CatalogEntry, GpuInfo, HostFacts, ServiceState
-from gateway.interfaces import INTERFACES
+from gateway.interface_texts import INTERFACES
 from gateway.schemas import Service
 from gateway.service_json import proxy_base_url, service_json
 from tests.testbed.registries import REGISTRIES_DIR

@@ -6,8 +6,8 @@ import msgspec
 
 from common.messages import DesiredState
 from scheduler.docker_driver import ContainerInfo
-from scheduler.reconcile import CRASHLOOP_AFTER, Action, Adopt, Backoff, Idle, Remove, Start, after_crash, owner
-from scheduler.reconcile import decide as decide_for
+from scheduler.reconcile_rules import CRASHLOOP_AFTER, Action, Adopt, Backoff, Idle, Remove, Start, after_crash, owner
+from scheduler.reconcile_rules import decide as decide_for
 
 ME = "instance-me"
 

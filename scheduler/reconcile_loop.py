@@ -17,7 +17,7 @@ from scheduler.deps import Deps
 from scheduler.docker_driver import ContainerInfo, DockerEvent
 from scheduler.events import new_operation_id
 from scheduler.operations import Operations
-from scheduler.reconcile import (
+from scheduler.reconcile_rules import (
     Action,
     Adopt,
     Backoff,
