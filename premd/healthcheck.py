@@ -19,7 +19,7 @@ from common.component import load_settings
 from common.settings import Settings
 
 HEALTH_CREDENTIALS = "/run/premd/health/reader.json"
-TIMEOUT_S = 3.0
+TIMEOUT_S = 5.0
 
 
 def gateway_ready(settings: Settings, timeout_s: float = TIMEOUT_S) -> str | None:

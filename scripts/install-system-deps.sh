@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install and start the system dependencies premd's tests need on Debian bookworm:
 #   docker.io (engine + CLI), docker-registry (OCI registry for push/pull tests),
-#   debootstrap (builds the local base image), iptables (dockerd networking).
+#   debootstrap (builds the local base image), iptables (dockerd networking),
+#   docker-compose (brings up deploy/compose.yaml in the compose test).
 # Idempotent: installs only what is missing, starts dockerd only if no engine answers.
 # Run as root.
 set -euo pipefail
@@ -22,10 +23,11 @@ declare -A PROVIDES=(
     [docker-registry]=docker-registry
     [debootstrap]=debootstrap
     [iptables]=iptables
+    [docker-compose]=docker-compose
 )
 
 missing=()
-for pkg in docker.io docker-registry debootstrap iptables; do
+for pkg in docker.io docker-registry debootstrap iptables docker-compose; do
     if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
         && command -v "${PROVIDES[$pkg]}" >/dev/null 2>&1; then
         say "already installed: $pkg"
