@@ -168,6 +168,8 @@ async def stream_chat(http: aiohttp.ClientSession, base_url: str, service_id: st
     return data
 
 
+# Two image builds and a stack start: about 2.5 min on an idle 2-core machine, much more on a busy one.
+@pytest.mark.timeout(900)
 async def test_compose_stack(compose_stack: Stack, pushed_chat: str, docker: aiodocker.Docker) -> None:
     stack = compose_stack
     service_id = f"compose-chat-{uuid.uuid4().hex[:8]}"
