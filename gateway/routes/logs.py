@@ -17,11 +17,11 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from common import bus, codec, subjects
-from common.errors import AppError, UnavailableError
+from common.errors import AppError, Code, UnavailableError
 from common.messages import Ack, LogChunk, ReadLogs, RenewLogs, ServiceLogs
 from gateway.apidoc import documented
-from gateway.errors import InvalidInput, json_response
-from gateway.keys import NC, SETTINGS
+from gateway.errors import ApiError, InvalidInput, json_response
+from gateway.keys import NC, SETTINGS, VIEW
 from gateway.routes.pulls import http_error
 from gateway.schemas import ValidationIssue
 from gateway.streams import SSE_PING, Channel, Closed, registered, sse_event, sse_response
@@ -56,6 +56,9 @@ def _tail(raw: str | None) -> int | None:
 )
 async def logs(request: web.Request) -> web.StreamResponse:
     service_id = request.match_info["service_id"]
+    view = request.app[VIEW]
+    if view.catalog.get(service_id) is None and view.state(service_id) is None:  # a malformed id too
+        raise ApiError(f"service {service_id} not found", 404, Code.SERVICE_NOT_FOUND)
     tail = _tail(request.query.get("tail"))
     nc, timeout = request.app[NC], request.app[SETTINGS].request_timeout_s
     if request.query.get("follow", "") not in ("1", "true"):
