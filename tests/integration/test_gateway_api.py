@@ -182,6 +182,14 @@ async def test_health_slash_redirects_and_interfaces(api: Client) -> None:
     assert all(list(i) == ["id", "name", "playground", "documentation", "icon"] for i in interfaces)
 
 
+async def test_logs_of_an_id_no_service_can_have_is_a_404(api: Client) -> None:
+    """Found by fuzzing: an id the bus message cannot carry came back as an undocumented bus-level 400."""
+    for path in ("/v1/logs/q%C3%B0%27%2C?follow=%1BT", "/v1/logs/no-such-service"):
+        resp = await api.get(path)
+        assert resp.status == 404, path
+        assert (await resp.json())["detail"]["code"] == "service.not_found"
+
+
 async def test_validation_errors_have_fastapis_shape(api: Client) -> None:
     missing_id = {"detail": [{"loc": ["body", "id"], "msg": "field required", "type": "value_error.missing"}]}
     async with api.post("/v1/run-service/", json={}) as resp:
