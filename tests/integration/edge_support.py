@@ -73,6 +73,9 @@ class FrontTestServer(TestServer):
     async def close(self) -> None:
         if self._front is not None:
             await self._front.stop(0)
+        server = self.runner.server if self.runner is not None else None
+        for handler in list(server.connections if server is not None else []):
+            handler.force_close()  # connections the front handed to aiohttp end with the test, not at its 60 s bound
         await super().close()
 
 
