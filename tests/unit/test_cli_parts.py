@@ -65,8 +65,8 @@ def test_links_and_folders_without_jid_yaml_are_refused(tmp_path: Path) -> None:
 def test_daemon_url_and_token_from_flags_environment_or_data_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("PREMD_URL", "PREMD_TOKEN", "PREMD_API_TOKEN", "PREMD_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.startswith(("PREMD_", "PREM_"))]:  # other tests' settings too
+        monkeypatch.delenv(name)
     monkeypatch.setenv("PREMD_DATA_DIR", str(tmp_path))
     assert resolve(None, None).url == "http://127.0.0.1:54321" and resolve(None, None).token is None
     (tmp_path / "api_token").write_text("from-file\n")
