@@ -164,7 +164,8 @@ class EmbeddedNats:
                 return
             if self._drain is not None:  # the rest of its stderr (the reason, when it gave one)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._drain, 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._drain
             how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
             logger.error("embedded nats-server died (%s); its last output:\n%s", how, self.last_words() or "(none)")
             self._proc = None

@@ -266,9 +266,8 @@ class Pool:
                 return conn
         host, _, port = target.rpartition(":")
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: Upstream(self, target), host, int(port)), self.connect_timeout_s
-        )
+        async with asyncio.timeout(self.connect_timeout_s):
+            _, conn = await loop.create_connection(lambda: Upstream(self, target), host, int(port))
         return conn
 
     def release(self, conn: Upstream) -> None:
@@ -875,7 +874,8 @@ class Front:
         while any(c.exchange is not None for c in self.connections) and self.loop.time() < deadline:
             self.quiet.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.quiet.wait(), deadline - self.loop.time())
+                async with asyncio.timeout_at(deadline):
+                    await self.quiet.wait()
         for conn in list(self.connections):
             conn.close()
         self.pool.close()

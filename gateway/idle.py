@@ -192,7 +192,8 @@ class IdleStopper:
                 continue
             self.clock.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.clock.changed.wait(), min(wait if wait is not None else NEVER, MAX_TICK_S))
+                async with asyncio.timeout(min(wait if wait is not None else NEVER, MAX_TICK_S)):
+                    await self.clock.changed.wait()
 
     async def _stop_one(self, service_id: str, idle_s: float) -> None:
         if self.clock.in_flight(service_id):  # a request began while an earlier stop of this round was awaited
@@ -223,7 +224,8 @@ class IdleStopper:
         done = self.stopping.get(service_id)
         if done is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await done.wait()
 
 
 STOPPER = web.AppKey("idle_stopper", IdleStopper)

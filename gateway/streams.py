@@ -58,7 +58,8 @@ class Channel(Generic[T]):
         """The next item; TimeoutError after ``timeout`` s without one; Closed once the channel is closed."""
         if self.closed:
             raise Closed
-        item = await asyncio.wait_for(self._queue.get(), timeout)
+        async with asyncio.timeout(timeout):
+            item = await self._queue.get()
         if item is None:
             raise Closed
         return item

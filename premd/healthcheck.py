@@ -45,7 +45,8 @@ async def component_answers(
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
     try:
         creds = nats_auth.read_credentials(credentials)
-        nc = await asyncio.wait_for(bus.connect(url, "premd-healthcheck", creds), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            nc = await bus.connect(url, "premd-healthcheck", creds)
     except Exception as exc:  # boundary: any failure is "unhealthy", said in one line
         return f"bus {url}: {exc}"
     try:

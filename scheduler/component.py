@@ -134,7 +134,8 @@ class Scheduler(ServiceComponent):
         self._loops.start(self.reconciler.watch_docker(), "docker events")
         self._loops.start(self._facts_loop(), "host facts")
         try:  # serve once the state in KV matches Docker (or Docker said it is away; bounded: it may be slow)
-            await asyncio.wait_for(self.reconciler.attempted.wait(), self.settings.request_timeout_s)
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                await self.reconciler.attempted.wait()
         except TimeoutError:
             logger.warning("first reconcile pass not done within %.0f s", self.settings.request_timeout_s)
 

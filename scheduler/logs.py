@@ -127,7 +127,8 @@ async def _next_batch(lines: asyncio.Queue[str | None], timeout: float) -> tuple
     """Lines that arrive within BATCH_S of the first (waiting at most ``timeout`` for it); True once ended."""
     batch: list[str] = []
     try:
-        first = await asyncio.wait_for(lines.get(), timeout)
+        async with asyncio.timeout(timeout):
+            first = await lines.get()
     except TimeoutError:
         return batch, False
     if first is None:
@@ -136,7 +137,8 @@ async def _next_batch(lines: asyncio.Queue[str | None], timeout: float) -> tuple
     deadline = time.monotonic() + BATCH_S
     while (left := deadline - time.monotonic()) > 0:
         try:
-            line = await asyncio.wait_for(lines.get(), left)
+            async with asyncio.timeout(left):
+                line = await lines.get()
         except TimeoutError:
             break
         if line is None:

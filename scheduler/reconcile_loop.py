@@ -82,7 +82,8 @@ class Reconciler:
             if self._wake_at is not None:
                 timeout = max(0.0, min(timeout, self._wake_at - time.monotonic()))
             try:
-                await asyncio.wait_for(self._kick.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._kick.wait()
                 await asyncio.sleep(DEBOUNCE_S)  # coalesce a burst of events
             except TimeoutError:
                 pass

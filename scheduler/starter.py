@@ -243,7 +243,8 @@ class Starter:
         """Each command with its time limit; one that fails or hangs is logged, never fatal (as in premd)."""
         for command in commands:
             try:
-                code = await asyncio.wait_for(self.d.driver.exec(cid, command), EXEC_TIMEOUT_S)
+                async with asyncio.timeout(EXEC_TIMEOUT_S):
+                    code = await self.d.driver.exec(cid, command)
             except TimeoutError:
                 logger.warning("%s: exec %r still runs after %g s: left behind", service_id, command, EXEC_TIMEOUT_S)
             except AppError as exc:
