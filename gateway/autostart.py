@@ -21,10 +21,10 @@ from aiohttp import web
 from common import bus, subjects
 from common.errors import AppError, Code, ConflictError, FitError, InvalidError, NotFoundError, UnavailableError
 from common.messages import OperationAccepted, ServiceState, StartService
-from gateway import proxy
 from gateway.errors import ApiError
 from gateway.idle import STOPPER
 from gateway.keys import NC, SETTINGS, VIEW
+from gateway.routes import proxy
 
 SHOWN_ID_MAX = 128
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import cors, idle, metrics, openai, openapi, proxy, security
+from gateway import cors, idle, security
 from gateway.keys import SETTINGS, VIEW
+from gateway.routes import metrics, openai, openapi, proxy
 
 
 def install(app: web.Application) -> None:

@@ -4,7 +4,7 @@ aiohttp's request and response objects cost about half a millisecond per proxied
 it), more than the services' own answers. So every connection first meets :class:`FrontConnection`: it
 reads the request head itself, and when it is a plain ``/proxy/<id>/...`` request that premd lets through
 to a ready service (the same checks as the aiohttp route: :class:`gateway.security.Guard` and
-:func:`gateway.proxy.resolve`), or an OpenAI request whose ``model`` (read by :func:`gateway.openai.model_of`
+:func:`gateway.routes.proxy.resolve`), or an OpenAI request whose ``model`` (read by :func:`openai.model_of`
 from the buffered body) names a ready service, it writes the head to a pooled connection to the service and passes the
 body bytes through as they come, both ways, without re-framing them (Content-Length and chunked bodies are
 only delimited, never decoded). Everything else is *handed over*: the connection, with the bytes read so
@@ -31,11 +31,12 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from gateway import cors, openai, proxy
+from gateway import cors
 from gateway.errors import ApiError
 from gateway.idle import IDLE, KEEP_ALIVE_HEADER, being_stopped
 from gateway.keys import SETTINGS
-from gateway.metrics import METRICS
+from gateway.routes import openai, proxy
+from gateway.routes.metrics import METRICS
 from gateway.security import GUARD, TOKEN_QUERY
 
 if TYPE_CHECKING:
@@ -725,7 +726,7 @@ class FrontConnection(asyncio.Protocol):
         address: str,
         prefix: str,
     ) -> bytes:
-        """The head the service gets (what gateway.proxy.forward_headers sends)."""
+        """The head the service gets (what gateway.routes.proxy.forward_headers sends)."""
         settings = self.app[SETTINGS]
         if query and settings.api_token:
             query = "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != TOKEN_QUERY)

@@ -35,7 +35,7 @@ from common.errors import Code
 from common.settings import Settings
 from gateway.cors import OriginPolicy
 from gateway.errors import ApiError, as_premd
-from gateway.metrics import METRICS
+from gateway.routes.metrics import METRICS
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATE_CHANGING_GET_PREFIXES = (

@@ -11,7 +11,7 @@ from common.jetstream import kv_bucket
 from common.manifest import Manifest
 from common.messages import CatalogEntry
 from gateway.keys import VIEW
-from gateway.proxy import SANDBOX_CSP
+from gateway.routes.proxy import SANDBOX_CSP
 from tests.integration.edge_support import Client, new_sid, put_service, seen
 
 APP_ORIGIN = "http://localhost:3000"

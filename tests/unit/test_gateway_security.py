@@ -6,8 +6,8 @@ import pytest
 
 from common.settings import DEFAULT_CORS_ORIGINS
 from gateway.cors import OriginPolicy
-from gateway.metrics import Histogram, Metrics
-from gateway.openai import form_field
+from gateway.routes.metrics import Histogram, Metrics
+from gateway.routes.openai import form_field
 from gateway.security import bearer_matches, foreign_site, is_loopback_host, is_state_changing
 
 DEFAULTS = OriginPolicy(DEFAULT_CORS_ORIGINS)

@@ -33,7 +33,7 @@ from common.errors import Code
 from gateway.apidoc import documented
 from gateway.errors import ApiError, as_premd
 from gateway.keys import SETTINGS, VIEW
-from gateway.metrics import METRICS, Metrics
+from gateway.routes.metrics import METRICS, Metrics
 from gateway.security import TOKEN_QUERY
 
 logger = logging.getLogger(__name__)

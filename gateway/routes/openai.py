@@ -20,13 +20,13 @@ import msgspec
 from aiohttp import web
 
 from common.errors import Code
-from gateway import proxy
 from gateway.apidoc import documented
 from gateway.autostart import check_present, shown, target_of
 from gateway.errors import ApiError, as_openai, openai_error
 from gateway.idle import IDLE, keep_alive_of
 from gateway.keys import SETTINGS, VIEW
 from gateway.openai_models import ModelCard, ModelList, model_list, one_model
+from gateway.routes import proxy
 
 FORWARDED_PATHS = (
     "/v1/chat/completions",
