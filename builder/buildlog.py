@@ -7,11 +7,10 @@ import logging
 import time
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from common import subjects
+from common import codec, subjects
 from common.messages import PackageEvent, PackageStage, PackageStatus
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class BuildLog:
         self._keep(event)
         subject = subjects.package_event(self.package_id, type_)
         try:
-            await self._js.publish(subject, msgspec.json.encode(event), timeout=PUBLISH_TIMEOUT_S)
+            await self._js.publish(subject, codec.encode(event), timeout=PUBLISH_TIMEOUT_S)
         except (nats.errors.Error, TimeoutError) as exc:
             logger.warning("event %s not published: %s", subject, exc)
 
@@ -65,4 +64,4 @@ class BuildLog:
 
     def ndjson(self) -> bytes:
         """The stored form: one PackageEvent per line."""
-        return b"".join(msgspec.json.encode(event) + b"\n" for event in self.events)
+        return b"".join(codec.encode(event) + b"\n" for event in self.events)

@@ -23,7 +23,7 @@ from builder.docker_driver import LABEL_PACKAGE, BuilderDocker, TestRun, TestSpe
 from builder.image import build_network, prepare_wheelhouse, render_build_context, resolve_base_image
 from builder.package import InspectedPackage, PackageLimits, extract_package, inspect_package
 from builder.store import Gone, PackageStore
-from common import subjects
+from common import codec, subjects
 from common.errors import AppError, Code
 from common.jetstream import kv_bucket, kv_get
 from common.messages import (
@@ -276,4 +276,4 @@ def _text(output: object) -> str:
         return ""
     if isinstance(output, str):
         return output
-    return msgspec.json.encode(output).decode()
+    return codec.encode(output).decode()

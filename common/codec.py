@@ -33,3 +33,11 @@ def decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
 
 def decode(data: bytes | str, type_: type[T]) -> T:
     return decoder(type_).decode(data)
+
+
+_ANY = msgspec.json.Decoder()
+
+
+def decode_any(data: bytes | str) -> Any:
+    """JSON of any shape (objects as dicts), for callers that validate the pieces themselves."""
+    return _ANY.decode(data)

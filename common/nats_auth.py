@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from common import subjects
+from common import codec, subjects
 from common.bus_permissions import derive, inbox_prefix
 from common.errors import SettingsError
 from common.settings import Settings
@@ -54,7 +54,7 @@ def write_private(path: Path, data: bytes) -> None:
 def read_credentials(path: str | Path) -> BusCredentials:
     """One credentials file; SettingsError (naming PREMD_NATS_CREDENTIALS) when unreadable or malformed."""
     try:
-        raw = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, str])
+        raw = codec.decode(Path(path).read_bytes(), dict[str, str])
         return BusCredentials(user=raw["user"], password=raw["password"], inbox_prefix=raw.get("inbox_prefix", ""))
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else f"not a premd credentials file ({exc})"

@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.msg import Msg
 
-from common import bus, subjects
+from common import bus, codec, subjects
 from common.errors import AppError, Code
 from common.jetstream import KVMirror
 from common.messages import OperationEvent, ServiceState
@@ -104,7 +104,7 @@ async def watch_service(request: web.Request, service_id: str) -> AsyncIterator[
 
     async def on_msg(msg: Msg) -> None:
         try:
-            event = msgspec.json.decode(msg.data, type=OperationEvent)
+            event = codec.decode(msg.data, OperationEvent)
         except msgspec.DecodeError:
             return
         await channel.put(event)

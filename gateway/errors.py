@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from common import conversion
+from common import codec, conversion
 from common.errors import AppError, Code
 from gateway.keys import SETTINGS
 from gateway.schemas import (
@@ -79,14 +79,14 @@ def status_for(exc: AppError) -> int:
 
 
 def json_response(body: msgspec.Struct | list[Any], status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(body), status=status, content_type="application/json")
+    return web.Response(body=codec.encode(body), status=status, content_type="application/json")
 
 
 def error_response(
     message: str, status: int = 400, code: str | None = None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """premd's envelope."""
-    body = msgspec.json.encode(ErrorResponse(detail=ErrorMessage(message=message, code=code)))
+    body = codec.encode(ErrorResponse(detail=ErrorMessage(message=message, code=code)))
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
@@ -96,7 +96,7 @@ _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error"}
 def openai_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """OpenAI's error shape."""
     kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    body = msgspec.json.encode(OpenAIErrorResponse(error=OpenAIErrorBody(message=message, type=kind, code=code)))
+    body = codec.encode(OpenAIErrorResponse(error=OpenAIErrorBody(message=message, type=kind, code=code)))
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
@@ -197,7 +197,7 @@ async def read_json(request: web.Request) -> Any:
     if not data.strip():
         raise InvalidInput([ValidationIssue(loc=["body"], msg="field required", type="value_error.missing")])
     try:
-        return msgspec.json.decode(data)
+        return codec.decode_any(data)
     except msgspec.DecodeError as exc:
         issue = ValidationIssue(loc=["body", 0], msg=str(exc), type="value_error.jsondecode")
         raise InvalidInput([issue]) from None

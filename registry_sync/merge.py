@@ -6,9 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
+from common import codec
 from common.messages import CatalogEntry, CatalogMeta, RegistryStatus
-
-_encode = msgspec.json.Encoder().encode
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,7 +48,7 @@ def merge(registries: Sequence[Sequence[CatalogEntry]], custom: Sequence[Catalog
 
 def encode_entries(entries: Iterable[CatalogEntry]) -> dict[str, bytes]:
     """Each entry's wire form by service id, in catalog order: the unit of change detection."""
-    return {entry.manifest.id: _encode(entry) for entry in entries}
+    return {entry.manifest.id: codec.encode(entry) for entry in entries}
 
 
 def diff(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> Diff:

@@ -11,14 +11,13 @@ import logging
 import time
 from collections.abc import Iterable
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from common import subjects
+from common import codec, subjects
 from common.errors import Code, error_for
 from common.jetstream import kv_bucket
 from common.messages import CatalogChanged, CatalogMeta, RegistryStatus
@@ -67,7 +66,7 @@ class CatalogPublisher:
                 deleted = entry.operation in (KV_DEL, KV_PURGE) or not entry.value
                 if entry.key == subjects.CATALOG_META_KEY:
                     meta_revision = entry.revision or 0
-                    meta = None if deleted else msgspec.json.decode(entry.value, type=CatalogMeta)
+                    meta = None if deleted else codec.decode(entry.value, CatalogMeta)
                 elif (sid := subjects.service_id_from_catalog_key(entry.key)) is not None:
                     if deleted:
                         entries.pop(sid, None)
@@ -113,7 +112,7 @@ class CatalogPublisher:
         raise error_for(Code.STATE_CONFLICT, "catalog: too many concurrent writers")
 
     async def _write_meta(self, meta: CatalogMeta) -> int:
-        data = msgspec.json.encode(meta)
+        data = codec.encode(meta)
         if self.meta_revision == 0:
             return await self._kv.create(subjects.CATALOG_META_KEY, data)
         return await self._kv.update(subjects.CATALOG_META_KEY, data, last=self.meta_revision)
@@ -139,7 +138,7 @@ class CatalogPublisher:
 
     async def _announce(self, event: CatalogChanged) -> None:
         try:
-            await self._js.publish(subjects.CATALOG_CHANGED, msgspec.json.encode(event))
+            await self._js.publish(subjects.CATALOG_CHANGED, codec.encode(event))
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             # The catalog in KV is the truth; subscribers that missed the event see the new generation there.
             logger.warning("catalog generation %d published, but its event was not: %s", event.generation, exc)

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from common import subjects
+from common import codec, subjects
 from common.errors import Code, error_for
 from common.jetstream import kv_bucket, kv_get, kv_transition
 
@@ -150,7 +150,7 @@ class ConfigStore:
         name = content_name(info.url)
         if body is not None:
             await self.objects.put(name, body)
-        await self.kv.put(f"content.{name}", msgspec.json.encode(info))
+        await self.kv.put(f"content.{name}", codec.encode(info))
 
     async def drop_content(self, url: str) -> None:
         name = content_name(url)

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from common import codec
 from common.conversion import ConversionError, FieldProblem, convert
 from common.manifest import MANIFEST_KEYS, SERVICE_ID_PATTERN, SERVICE_ID_RE, Manifest
 from common.messages import CatalogEntry, SkippedEntry
@@ -55,7 +56,7 @@ class Parsed(msgspec.Struct, frozen=True, kw_only=True):
 def parse_document(data: bytes, origin: str) -> Parsed:
     """Validate a whole registry document; raises DocumentError when it is not a JSON array."""
     try:
-        items = msgspec.json.decode(data)
+        items = codec.decode_any(data)
     except msgspec.DecodeError as exc:
         raise DocumentError(f"not JSON: {exc}") from None
     if not isinstance(items, list):

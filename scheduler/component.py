@@ -12,11 +12,10 @@ import os
 import re
 from typing import Protocol
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from common import bus, subjects
+from common import bus, codec, subjects
 from common.catalog import CatalogView
 from common.component import ServiceComponent
 from common.errors import AppError, Code, ConflictError, InvalidError
@@ -203,7 +202,7 @@ class Scheduler(ServiceComponent):
         gpus = await asyncio.to_thread(self.gpu_probe.list)
         self._cpu_percent = self._cpu.sample()
         self.facts = await asyncio.to_thread(read_host_facts, gpus, self._docker_root, self._docker_ok)
-        await self._host_kv.put(subjects.HOST_FACTS_KEY, msgspec.json.encode(self.facts))
+        await self._host_kv.put(subjects.HOST_FACTS_KEY, codec.encode(self.facts))
 
     async def _facts_loop(self) -> None:
         while True:

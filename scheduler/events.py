@@ -9,11 +9,10 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from common import subjects
+from common import codec, subjects
 from common.errors import Code, InvalidError
 from common.messages import EventType, OperationEvent, OperationKind
 
@@ -58,7 +57,7 @@ class EventPublisher:
             operation_id=operation_id, service_id=service_id, kind=kind, type=type_, at=time.time(), **fields
         )
         subject = subjects.service_event(service_id, operation_id, type_)
-        payload = msgspec.json.encode(event)
+        payload = codec.encode(event)
         headers = {"Nats-Msg-Id": f"{operation_id}.{type_}.{event.at!r}"}
         attempts = FINAL_ATTEMPTS if type_ in _FINAL else 1
         for attempt in range(1, attempts + 1):

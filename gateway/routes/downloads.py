@@ -14,7 +14,7 @@ from contextlib import aclosing, asynccontextmanager
 import msgspec
 from aiohttp import web
 
-from common import bus, subjects
+from common import bus, codec, subjects
 from common.errors import Code, UnavailableError
 from common.messages import Empty, OperationAccepted, OperationEvent, PullImage, ServiceIdentity, ServiceState
 from gateway import streams
@@ -180,14 +180,12 @@ async def download_sse(request: web.Request) -> web.StreamResponse:
                     continue
                 percentage = max(percentage, round(event.percentage or 0.0, 2))
                 status = event.status if event.status not in ("", _DOCKER_LAYER_DONE) else "Downloading"
-                await resp.write(
-                    premd_sse_message(msgspec.json.encode(PullProgress(status=status, percentage=percentage)))
-                )
+                await resp.write(premd_sse_message(codec.encode(PullProgress(status=status, percentage=percentage))))
         except PullOutcome as exc:
             final = PullFailed(error=exc.message, percentage=percentage)
         except ConnectionResetError:
             return resp  # the client left; the pull goes on in the scheduler
-        await _write_last(resp, premd_sse_message(msgspec.json.encode(final)))
+        await _write_last(resp, premd_sse_message(codec.encode(final)))
     return resp
 
 
@@ -216,7 +214,7 @@ async def download_ndjson(request: web.Request) -> web.StreamResponse:
                     seen[layer.id] = (layer.status, layer.current)
                     detail = ProgressDetail(current=layer.current, total=layer.total)
                     line = PullLayerLine(status=layer.status, progress_detail=detail, id=layer.id)
-                    await resp.write(msgspec.json.encode(line) + b"\n")
+                    await resp.write(codec.encode(line) + b"\n")
             state = request.app[VIEW].state(request.match_info["service_id"])
             image = state.downloaded_image if state is not None and state.downloaded_image else ""
             final = PullStatusLine(status=f"Status: Downloaded image for {image}")
@@ -224,7 +222,7 @@ async def download_ndjson(request: web.Request) -> web.StreamResponse:
             final = PullErrorLine(error=exc.message, error_detail=PullErrorDetail(message=exc.message))
         except ConnectionResetError:
             return resp
-        await _write_last(resp, msgspec.json.encode(final) + b"\n")
+        await _write_last(resp, codec.encode(final) + b"\n")
     return resp
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
+from common import codec
 from gateway.apidoc import documented
 from gateway.interface_texts import INTERFACES
 from gateway.schemas import Interface
 
 routes = web.RouteTableDef()
 
-_BODY = msgspec.json.encode(INTERFACES)
+_BODY = codec.encode(INTERFACES)
 
 
 @routes.get("/v1/interfaces/")

@@ -124,7 +124,7 @@ async def _pump(request: web.Request, resp: web.StreamResponse, channel: Channel
                 await resp.write(SSE_PING)
                 continue
             if chunk.lines:
-                await resp.write(sse_event(msgspec.json.encode(LogLines(lines=chunk.lines)), event="log"))
+                await resp.write(sse_event(codec.encode(LogLines(lines=chunk.lines)), event="log"))
             if chunk.end:
                 await resp.write(sse_event(b"{}", event="end"))
                 with contextlib.suppress(ConnectionResetError):

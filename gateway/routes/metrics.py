@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from nats.aio.msg import Msg
 
-from common import bus, subjects
+from common import bus, codec, subjects
 from common.messages import OperationEvent, ServicePhase, ServiceState, ServiceStats
 from gateway.apidoc import documented
 from gateway.keys import NC, VIEW
@@ -238,7 +238,7 @@ async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
         if not msg.subject.endswith((".succeeded", ".failed")):
             return
         try:
-            event = msgspec.json.decode(msg.data, type=OperationEvent)
+            event = codec.decode(msg.data, OperationEvent)
         except (msgspec.DecodeError, msgspec.ValidationError):
             logger.debug("undecodable event on %s", msg.subject)
             return

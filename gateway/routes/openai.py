@@ -19,6 +19,7 @@ import re
 import msgspec
 from aiohttp import web
 
+from common import codec
 from common.errors import Code
 from gateway.apidoc import documented
 from gateway.autostart import check_present, shown, target_of
@@ -44,7 +45,7 @@ class _ModelOnly(msgspec.Struct):
     model: str
 
 
-_decode_model = msgspec.json.Decoder(_ModelOnly).decode
+_decode_model = codec.decoder(_ModelOnly).decode
 
 
 class ModelRequest(msgspec.Struct, frozen=True):
@@ -160,7 +161,7 @@ for _path in FORWARDED_PATHS:
 )
 async def models(request: web.Request) -> web.Response:
     listing = model_list(request.app[VIEW], request.app[SETTINGS].autostart)
-    return web.Response(body=msgspec.json.encode(listing), content_type="application/json")
+    return web.Response(body=codec.encode(listing), content_type="application/json")
 
 
 @routes.get("/v1/models/{model}")
@@ -174,7 +175,7 @@ async def model(request: web.Request) -> web.Response:
     app, model_id = request.app, request.match_info["model"]
     found = one_model(app[VIEW], model_id, app[SETTINGS].autostart)
     if found is not None:
-        return web.Response(body=msgspec.json.encode(found), content_type="application/json")
+        return web.Response(body=codec.encode(found), content_type="application/json")
     try:
         check_present(app, model_id)
     except ApiError as exc:  # unknown, not downloaded, or still downloading: not a model (yet)

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from common import codec
 from common.version import VERSION
 from gateway.apidoc import ApiDoc, doc_of, documented
 from gateway.keys import SETTINGS
@@ -207,7 +208,7 @@ def render_html(spec: Json) -> str:
 
 
 def _pretty(schema: Json) -> str:
-    return msgspec.json.format(msgspec.json.encode(schema)).decode()
+    return msgspec.json.format(codec.encode(schema)).decode()
 
 
 def _schema_name(schema: Json | None) -> str:
@@ -225,7 +226,7 @@ def _cached(app: web.Application) -> SpecCache:
     cache = app[CACHE]
     if cache.json is None:
         spec = build_spec(app)
-        cache.json = msgspec.json.encode(spec)
+        cache.json = codec.encode(spec)
         cache.html = render_html(spec).encode()
     return cache
 

@@ -24,7 +24,7 @@ from aiohttp import BodyPartReader, web
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from common import bus, subjects
+from common import bus, codec, subjects
 from common.errors import PACKAGE_HTTP_STATUS, AppError, Code
 from common.jetstream import KVMirror, kv_bucket, kv_get
 from common.messages import (
@@ -309,7 +309,7 @@ async def _events_so_far(js: nats.js.JetStreamContext, package_id: str, attempt:
 
 def _attempt_of(data: bytes) -> int | None:
     try:
-        return msgspec.json.decode(data, type=PackageEvent).attempt
+        return codec.decode(data, PackageEvent).attempt
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
@@ -330,7 +330,7 @@ async def _sse_stored(request: web.Request, lines: list[bytes]) -> web.StreamRes
 
 def _event_type(data: bytes) -> str:
     try:
-        return msgspec.json.decode(data, type=PackageEvent).type
+        return codec.decode(data, PackageEvent).type
     except (msgspec.DecodeError, msgspec.ValidationError):
         return "log"
 
@@ -361,7 +361,7 @@ async def _follow(request: web.Request, package_id: str, attempt: int) -> web.St
                     await resp.write(streams.SSE_PING)
                     continue
                 try:
-                    event = msgspec.json.decode(data, type=PackageEvent)
+                    event = codec.decode(data, PackageEvent)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     continue
                 if event.attempt != attempt:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
-from common import subjects
+from common import codec, subjects
 from common.messages import AddCustomService, Empty
 from gateway.apidoc import documented
 from gateway.commands import SERVICE_NOT_FOUND, ask, not_found
@@ -57,7 +56,7 @@ async def get_service(request: web.Request) -> web.Response:
 async def services_by_interface(request: web.Request) -> web.Response:
     interface = request.match_info["interface_id"]
     services, _ = request.app[LISTING].services(request.scheme, request.host)
-    body = msgspec.json.encode([service for service in services if interface in service.interfaces])
+    body = codec.encode([service for service in services if interface in service.interfaces])
     return web.Response(body=body, content_type="application/json")
 
 
