@@ -89,7 +89,11 @@ class Scheduler(ServiceComponent):
         self._docker_root = DEFAULT_DOCKER_ROOT
         self._docker_ok = False
         self.home = settings.nats_url or os.path.abspath(settings.data_dir)
-        """Where this premd's state lives (labels tell its own containers from another premd's on the engine)."""
+        """Where this premd's state lives (``LABEL_HOME``: named in messages about another premd's containers)."""
+        self.reclaim_home = "" if settings.nats_url else self.home
+        """The home at which another instance's containers are this premd's from before a wipe: only a data
+        dir whose embedded NATS holds the instance id. A NATS URL names no one premd (two compose stacks on one
+        engine both reach ``nats://nats:4222``; tests reuse ports), so with one only the instance label counts."""
         self._docker_seen = False
         """The engine was asked at least once (its first failure is logged; later ones only after a recovery)."""
         self._cpu = CpuSampler()
@@ -123,6 +127,7 @@ class Scheduler(ServiceComponent):
             ports=PortAllocator(self.settings.service_host),
             instance=self.instance,
             home=self.home,
+            reclaim_home=self.reclaim_home,
         )
         self.ops = Operations(deps, on_settled=lambda: self.reconciler.kick())
         self.reconciler = Reconciler(deps, self.ops)
@@ -308,7 +313,7 @@ class Scheduler(ServiceComponent):
         known = known_services(self.catalog.entries())
         targets = []
         for c in await self.driver.containers():
-            sid = owner(c, known, self.instance, self.home)
+            sid = owner(c, known, self.instance, self.reclaim_home)
             if sid is not None and c.running and cmd.service_id in (None, sid):
                 targets.append((sid, c))
         if cmd.service_id is not None and not targets:

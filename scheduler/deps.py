@@ -43,3 +43,5 @@ class Deps:
     """This premd's id, on the labels of every container it makes."""
     home: str = ""
     """Where this premd keeps its state (``LABEL_HOME``)."""
+    reclaim_home: str = ""
+    """``home`` when containers labelled with it are this premd's whatever their instance (see ``owner``)."""

@@ -152,7 +152,9 @@ class Operations:
         entry = self.d.catalog.get(service_id)
         known = {service_id: image_repositories(entry.manifest) if entry is not None else frozenset[str]()}
         return [
-            c for c in await self.d.driver.containers() if owner(c, known, self.d.instance, self.d.home) == service_id
+            c
+            for c in await self.d.driver.containers()
+            if owner(c, known, self.d.instance, self.d.reclaim_home) == service_id
         ]
 
     # ------------------------------------------------------------ commands
@@ -280,7 +282,7 @@ class Operations:
         found = {
             sid
             for c in await self.d.driver.containers()
-            if c.running and (sid := owner(c, known, self.d.instance, self.d.home))
+            if c.running and (sid := owner(c, known, self.d.instance, self.d.reclaim_home))
         }
         wanted = {sid for sid, d in self.d.desired.items() if d.running}
         stopped = 0

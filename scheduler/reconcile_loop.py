@@ -120,7 +120,9 @@ class Reconciler:
         await self._refresh_downloads(entries, tags)
         busy = self._ops.busy() | {sid for sid in known if self._ops.settled_since(sid, started)}
         self._wake_at = None
-        for action in decide(known, dict(self.d.desired.items()), containers, busy, self.d.instance, self.d.home):
+        for action in decide(
+            known, dict(self.d.desired.items()), containers, busy, self.d.instance, self.d.reclaim_home
+        ):
             if self._taken_over(action.service_id):
                 continue  # an operation began (or even ended) while this pass was at work
             try:
@@ -235,7 +237,7 @@ class Reconciler:
         """Drop observed state of services that left the catalog and have nothing left on the host."""
         if self.d.catalog.meta is None:
             return  # no catalog yet: nothing to compare with
-        owned = {owner(c, known, self.d.instance, self.d.home) for c in containers}
+        owned = {owner(c, known, self.d.instance, self.d.reclaim_home) for c in containers}
         for sid, _ in self.d.observed.items():
             if sid not in known and sid not in owned and not self.d.desired.wants_running(sid):
                 if sid not in self._ops.busy():

@@ -1,9 +1,9 @@
 """Pure reconcile decisions: desired state vs the containers Docker has -> actions. No I/O.
 
-A service's containers are those labelled with its id, plus (premd compatibility) an unlabelled
-container named exactly after a known service id whose image is one of the service's (same repository,
-any tag: the Python premd ran older tags too). A user's own ``docker run --name qdrant <other image>``
-is not premd's: never adopted, stopped or removed. Rules:
+A service's containers are those labelled with its id and this premd's instance (see ``owner``),
+plus (premd compatibility) an unlabelled container named exactly after a known service id whose image
+is one of the service's (same repository, any tag: the Python premd ran older tags too). A user's own
+``docker run --name qdrant <other image>`` is not premd's: never adopted, stopped or removed. Rules:
 
 - A service with an operation in flight is left alone (the operation owns it).
 - Desired running: a running container is adopted (duplicates are removed); none, or only a
@@ -88,14 +88,19 @@ def known_services(entries: Iterable[CatalogEntry]) -> dict[str, frozenset[str]]
 def owner(container: ContainerInfo, known: Known, instance: str, home: str = "") -> str | None:
     """The service a container belongs to, or None when it is not this premd's.
 
-    Another premd's containers (another instance label) are never this one's, even when named after
-    a service id this premd knows; nor is an unlabelled one that runs another image than the service's.
-    A container of another instance made at this premd's ``home`` is this premd's from before its data
-    was wiped: its own again.
+    Strict, because several premds (and test runs) share one engine: a premd-labelled container is this
+    premd's only when its instance label is this premd's. One with another instance label, or none at all,
+    is never this one's (not reaped, stopped, removed or adopted), even when named after a service id
+    this premd knows; nor is an unlabelled one that runs another image than the service's. The one
+    exception: a container of another instance made at this premd's ``home`` (a data directory, given only
+    when the premd runs its own embedded NATS there) is this premd's from before that directory was
+    wiped: its own again.
     """
     if container.managed:
-        ours = container.instance in (None, instance) or (bool(home) and container.home == home)
-        return container.service_id if ours and container.service_id else None
+        if not container.instance or not container.service_id:
+            return None
+        ours = container.instance == instance or (bool(home) and container.home == home)
+        return container.service_id if ours else None
     repositories = known.get(container.name)
     if repositories and repository(container.image) in repositories:
         return container.name

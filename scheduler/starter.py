@@ -145,13 +145,13 @@ class Starter:
         everything = await self.d.driver.containers()
         mine = {sid: image_repositories(manifest)}
         for c in everything:
-            if owner(c, mine, self.d.instance, self.d.home) == sid:
+            if owner(c, mine, self.d.instance, self.d.reclaim_home) == sid:
                 await self.d.driver.remove(c.id)  # a stale one (premd: ``docker rm -f <id>`` first)
         self._check_name_free(sid, everything, mine)
         volume = volume_name(sid) if manifest.volume_path else None
         if volume is not None:
             await self.d.driver.ensure_volume(volume, self.d.instance, sid)
-        others = [c for c in everything if c.running and owner(c, mine, self.d.instance, self.d.home) != sid]
+        others = [c for c in everything if c.running and owner(c, mine, self.d.instance, self.d.reclaim_home) != sid]
         published = {c.host_port for c in others if c.host_port is not None}
         preferred = manifest.default_external_port or manifest.default_port
         lost: set[int] = set()
@@ -178,10 +178,11 @@ class Starter:
         """Containers are named after the service: one that is not this premd's and holds the name is reported
         (Docker would only say "409 Conflict"), and left alone."""
         for c in everything:
-            if c.name != sid or owner(c, mine, self.d.instance, self.d.home) == sid:
+            if c.name != sid or owner(c, mine, self.d.instance, self.d.reclaim_home) == sid:
                 continue
             if c.managed:
-                where = f"premd instance {c.instance}" + (f" at {c.home}" if c.home else "")
+                where = f"premd instance {c.instance}" if c.instance else "no premd instance label"
+                where += f" at {c.home}" if c.home else ""
                 state = "running" if c.running else c.state
                 message = (
                     f"Container name {sid} is taken by a {state} container of another premd on this Docker engine "

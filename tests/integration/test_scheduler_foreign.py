@@ -121,7 +121,7 @@ async def test_name_conflicts_are_reported_and_a_wiped_premds_container_is_its_o
     before = {
         "io.premd.managed": "true",
         "io.premd.instance": "wiped-instance",
-        "io.premd.home": str(settings.nats_url),
+        "io.premd.home": settings.data_dir,  # absolute (tmp_path): premd serve's home: its data dir
     }
     holders = {
         users: (await make_container(base_image, cmd=["sleep", "infinity"], name=users)).id,
@@ -129,7 +129,7 @@ async def test_name_conflicts_are_reported_and_a_wiped_premds_container_is_its_o
         wiped: (await make_container(ref_image, labels={**before, "io.premd.service": wiped}, name=wiped)).id,
     }
     try:
-        async with running_scheduler(settings):
+        async with running_scheduler(settings, embedded=True):
             outcome = {}
             for sid in (users, second, wiped):
                 await wait_observed(js, sid, lambda s: s.downloaded)
@@ -146,7 +146,7 @@ async def test_name_conflicts_are_reported_and_a_wiped_premds_container_is_its_o
             assert await state_of(docker, holders[sid]) == "running"
         assert outcome[wiped].type == "succeeded", outcome[wiped]
         (now,) = await containers_of(docker, wiped)
-        assert now["Id"] != holders[wiped] and now["Labels"]["io.premd.home"] == settings.nats_url
+        assert now["Id"] != holders[wiped] and now["Labels"]["io.premd.home"] == before["io.premd.home"]
     finally:
         for sid in (users, second, wiped):
             await cleanup_service(docker, sid)

@@ -13,9 +13,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from common import bus, subjects
+from common.jetstream import kv_bucket
 from common.messages import OperationAccepted, ServiceState, StartService
 from common.settings import Settings
 from scheduler.reconcile_rules import CRASHLOOP_AFTER
+from scheduler.state import instance_id
 from tests.support.scheduler_bed import (
     Events,
     SchedulerProcess,
@@ -97,7 +99,8 @@ async def test_kill_9_mid_start_then_converge(
         # Behind its back: delete one service's container, start a labelled one for an undesired service.
         (steady_before,) = await containers_of(docker, steady)
         await docker.containers.container(steady_before["Id"]).delete(force=True)
-        labels = {"io.premd.managed": "true", "io.premd.service": stray}
+        instance = await instance_id(await kv_bucket(js, subjects.KV_DESIRED))  # the scheduler's, made at its start
+        labels = {"io.premd.managed": "true", "io.premd.instance": instance, "io.premd.service": stray}
         orphan = await make_container(ref_image, labels=labels)
 
         await process.start(nc)

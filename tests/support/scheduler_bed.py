@@ -79,10 +79,16 @@ class FakeGpus:
 
 
 @asynccontextmanager
-async def running_scheduler(settings: Settings, gpu_probe: FakeGpus | None = None) -> AsyncIterator[Scheduler]:
-    """The scheduler component in this process on its own connection; stopped (not its containers) after."""
+async def running_scheduler(
+    settings: Settings, gpu_probe: FakeGpus | None = None, *, embedded: bool = False
+) -> AsyncIterator[Scheduler]:
+    """The scheduler component in this process on its own connection; stopped (not its containers) after.
+
+    ``embedded``: the scheduler's settings name no NATS URL, as under ``premd serve`` with its embedded
+    nats-server (its home is then its data dir)."""
     nc = await connect_as(settings, subjects.SCHEDULER)
-    scheduler = Scheduler(settings, nc, gpu_probe=gpu_probe)
+    own = msgspec.structs.replace(settings, nats_url=None) if embedded else settings
+    scheduler = Scheduler(own, nc, gpu_probe=gpu_probe)
     await scheduler.start()
     await nc.flush()  # its subscriptions are on the server before the test's first request
     try:

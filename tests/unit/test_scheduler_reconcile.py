@@ -102,6 +102,22 @@ def test_another_premds_containers_are_never_touched() -> None:
     assert decide({"a"}, {"a": _want("a")}, [theirs], set()) == [Start("a")]
 
 
+def test_premd_labelled_containers_without_this_instance_label_are_never_reaped() -> None:
+    """Several premds (and test runs) share one engine: only this instance's label makes a container this
+    premd's. One with premd's labels and no instance label, or another's, is neither reaped nor adopted."""
+    unmarked = msgspec.structs.replace(_c("1", "a"), instance=None)
+    theirs = _c("2", "a", owner="instance-other")
+    mine = _c("3", "a")
+    known = {"a": frozenset({"img"})}
+    for stranger in (unmarked, theirs):
+        assert owner(stranger, known, ME) is None
+        assert decide({"a"}, {}, [stranger], set()) == [Idle("a")]  # not an orphan of this premd
+        assert decide({"a"}, {"a": _want("a")}, [stranger], set()) == [Start("a")]  # not a duplicate either
+    assert decide({"a"}, {}, [mine, unmarked, theirs], set()) == [Remove("a", mine, "orphan"), Idle("a")]
+    without_service = msgspec.structs.replace(_c("4", "a"), service_id=None)
+    assert owner(without_service, known, ME) is None
+
+
 def test_busy_services_are_left_to_their_operation() -> None:
     assert decide({"a"}, {"a": _want("a")}, [], {"a"}) == []
 
@@ -131,3 +147,5 @@ def test_a_container_made_at_this_home_before_a_wipe_is_this_premds() -> None:
     assert owner(wiped, known, ME, "/data/premd") == "a"
     assert owner(wiped, known, ME, "/other/premd") is None
     assert owner(wiped, known, ME) is None
+    unmarked = msgspec.structs.replace(wiped, instance=None)  # a home alone does not make a container premd's
+    assert owner(unmarked, known, ME, "/data/premd") is None
