@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import msgspec
@@ -87,6 +88,26 @@ async def serve_upstream(port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+async def serve_bytes(port: int, body: bytes) -> None:
+    """The least a server can do to answer the service list: the same bytes, head then body."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.pending = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.pending += data
+            while b"\r\n\r\n" in self.pending:  # a GET without a body: one answer per head
+                _, self.pending = self.pending.split(b"\r\n\r\n", 1)
+                self.transport.write(head)
+                self.transport.write(body)
+
+    await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", port)
     await asyncio.Event().wait()
 
 
@@ -357,31 +378,61 @@ async def _listing(
             progress.say("seeding 10,000 services")
             await seed(js, catalog(size, {FAST_ID: p.upstream}), {FAST_ID: p.upstream})
             await wait_listed(p.premd, size)
-        for rep in range(reps):
-            progress.step(f"GET /v1/services/ with {size:,} services, repetition {rep + 1}/{reps}")
-            client = Serial(p.premd, "GET", "/v1/services/")
-            client.once()
-            steady = [client.once() for _ in range(polls)]
-            changing: list[float] = []
-            for _ in range(polls):
-                # A poll a second with the host facts rewritten in between, as Prem App meets it; the wait
-                # for the gateway to see the new facts replaces the rest of the second.
-                tick += 1
-                await put_facts(js, tick)
-                await asyncio.sleep(0.05)  # the KV watch delivers the new facts to the gateway
-                changing.append(await asyncio.to_thread(client.once))
-            label = f"{size:,}"
-            _fig(figures, f"listing.{size}.steady", f"GET /v1/services/, {label} services, nothing changed").add_run(
-                steady
-            )
-            goal = "p50 <= 3 ms" if size == 1000 else "p50 <= 30 ms"
-            _fig(
-                figures,
-                f"listing.{size}.facts",
-                f"GET /v1/services/, {label} services, host facts changed before each poll",
-                baseline=f"listing.{size}.steady",
-                goal=goal,
-            ).add_run(changing)
+        # The floor: the same bytes from a server that does nothing else, to the same client, interleaved.
+        floor_port, bytes_file = free_port(), Path(tempfile.mkdtemp(prefix="premd-bench-list-")) / "list.json"
+        bytes_file.write_bytes(await asyncio.to_thread(_body, p.premd, "/v1/services/"))
+        floor = await spawn("-m", "bench.gateway", "--bytes", str(floor_port), str(bytes_file), "--uvloop")
+        try:
+            await wait_ok(f"http://127.0.0.1:{floor_port}/")
+            for rep in range(reps):
+                progress.step(f"GET /v1/services/ with {size:,} services, repetition {rep + 1}/{reps}")
+                client = Serial(p.premd, "GET", "/v1/services/")
+                bare = Serial(floor_port, "GET", "/v1/services/")
+                client.once()
+                bare.once()
+                steady = [client.once() for _ in range(polls)]
+                changing: list[float] = []
+                floor_samples: list[float] = []
+                for _ in range(polls):
+                    # A poll a second with the host facts rewritten in between, as Prem App meets it; the wait
+                    # for the gateway to see the new facts replaces the rest of the second.
+                    tick += 1
+                    await put_facts(js, tick)
+                    await asyncio.sleep(0.05)  # the KV watch delivers the new facts to the gateway
+                    changing.append(await asyncio.to_thread(client.once))
+                    await asyncio.sleep(0.05)  # the same pause before the floor's poll
+                    floor_samples.append(await asyncio.to_thread(bare.once))
+                label = f"{size:,}"
+                _fig(
+                    figures, f"listing.{size}.floor", f"the same bytes from a bare asyncio server, {label} services"
+                ).add_run(floor_samples)
+                _fig(
+                    figures,
+                    f"listing.{size}.steady",
+                    f"GET /v1/services/, {label} services, nothing changed (back to back)",
+                    baseline=f"listing.{size}.floor",
+                ).add_run(steady)
+                goal = "p50 <= 3 ms" if size == 1000 else "p50 <= 30 ms"
+                _fig(
+                    figures,
+                    f"listing.{size}.facts",
+                    f"GET /v1/services/, {label} services, host facts changed before each poll",
+                    baseline=f"listing.{size}.floor",
+                    goal=goal,
+                ).add_run(changing)
+        finally:
+            await stop_all([floor])
+            bytes_file.unlink()
+            bytes_file.parent.rmdir()
+
+
+def _body(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
 
 
 async def wait_listed(port: int, size: int) -> None:
@@ -404,6 +455,7 @@ def main() -> None:
     parser.add_argument("--upstream", type=int)
     parser.add_argument("--floor", nargs=2, type=int)
     parser.add_argument("--registry-work", action="store_true")
+    parser.add_argument("--bytes", nargs=2, metavar=("PORT", "FILE"))
     args = parser.parse_args()
     if args.uvloop:
         import uvloop
@@ -417,6 +469,8 @@ def main() -> None:
         asyncio.run(serve_floor(*args.floor))
     elif args.registry_work:
         asyncio.run(_registry_work())
+    elif args.bytes:
+        asyncio.run(serve_bytes(int(args.bytes[0]), Path(args.bytes[1]).read_bytes()))
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def plot(out: Path, figures: dict[str, Figure]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     data, labels = [], []
     for size in sizes:
-        for case, label in (("steady", "unchanged"), ("facts", "host facts changed")):
+        for case, label in (("steady", "unchanged"), ("facts", "host facts changed"), ("floor", "bare server")):
             figure = figures.get(f"listing.{size}.{case}")
             if figure is not None and figure.runs:
                 data.append([v * 1000 for v in figure.samples])

@@ -17,11 +17,23 @@ from gateway.schemas import Service, ServiceInput
 routes = web.RouteTableDef()
 
 
+class BulkResponse(web.Response):
+    """A response whose head is written before its body, in two writes, not joined into one buffer.
+
+    aiohttp coalesces a Response's head and body into one ``b"".join`` before writing it (on Python before
+    3.12.9, where it avoids ``writelines``): for the service list that is a fresh copy of megabytes per
+    request (5.7 MB at 1,000 services; on a VM each page of it faults in), most of what a poll costs the
+    gateway. aiohttp's own StreamResponse sends its head at once; this opts a plain Response into the same.
+    """
+
+    _send_headers_immediately = True
+
+
 @routes.get("/v1/services/")
 @documented("Every service of the catalog, in registry order, with its state on this machine", response=list[Service])
 async def list_services(request: web.Request) -> web.Response:
     _, body = request.app[LISTING].services(request.scheme, request.host)
-    return web.Response(body=body, content_type="application/json")
+    return BulkResponse(body=body, content_type="application/json")
 
 
 @routes.post("/v1/services/")
@@ -57,7 +69,7 @@ async def services_by_interface(request: web.Request) -> web.Response:
     interface = request.match_info["interface_id"]
     services, _ = request.app[LISTING].services(request.scheme, request.host)
     body = codec.encode([service for service in services if interface in service.interfaces])
-    return web.Response(body=body, content_type="application/json")
+    return BulkResponse(body=body, content_type="application/json")
 
 
 def _one(request: web.Request, service_id: str) -> Service:
