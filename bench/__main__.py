@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import builds, gateway, openai_sdk, packages, registry, scheduler, serve
+from bench import builds, bus, gateway, lifecycle, openai_sdk, packages, registry, scheduler, serve
 from bench.core import RESULTS, Figure, Progress, machine
 from bench.report import write
 
@@ -27,8 +27,22 @@ SUITES: dict[str, tuple[Suite, int]] = {
     "openai": (openai_sdk.run, 0),
     "packages": (packages.run, 0),
     "builder": (builds.run, 0),
+    # the bus round trip and the gateway's memory under SSE clients
+    "bus": (bus.run, 2),
+    # image download vs docker pull, a Docker event to an SSE client (needs the Docker engine)
+    "lifecycle": (lifecycle.run, 0),
 }
-FIXED_STEPS = {"gateway": 0, "registry": 3, "scheduler": 1, "serve": 1, "openai": 1, "packages": 1, "builder": 1}
+FIXED_STEPS = {
+    "gateway": 0,
+    "registry": 3,
+    "scheduler": 1,
+    "serve": 1,
+    "openai": 1,
+    "packages": 1,
+    "builder": 1,
+    "bus": 0,
+    "lifecycle": 2,
+}
 
 
 async def main(only: list[str], quick: bool, reps: int, out: Path) -> None:

@@ -101,6 +101,20 @@ def goals(figures: dict[str, Figure]) -> list[dict[str, Any]]:
     if premd and plain and premd.runs and plain.runs:
         gap = (statistics.median(premd.samples) - statistics.median(plain.samples)) * 1000
         add("create-to-ready within 50 ms of plain aiodocker", f"{gap:+.1f} ms", gap <= 50)
+    # lifecycle and event streams (bench/lifecycle.py, bench/bus.py)
+    pull, docker_pull = figures.get("lifecycle.pull.premd"), figures.get("lifecycle.pull.plain")
+    if pull and docker_pull and pull.runs and docker_pull.runs:
+        share = ratio(pull, docker_pull)
+        add("image download within 5% of docker pull (median ratio)", f"{share:.2f}x docker pull", share <= 1.05)
+    rss_first, rss_second = figures.get("sse.rss.batch1"), figures.get("sse.rss.batch2")
+    if rss_first and rss_second and rss_first.runs and rss_second.runs:
+        grown = statistics.median(rss_second.samples) - statistics.median(rss_first.samples)
+        add(
+            f"{rss_second.title.split(',')[1].strip()}: gateway memory bounded "
+            "(the second batch of events adds < 2 MB RSS)",
+            f"{grown / 1e6:+.1f} MB",
+            grown < 2e6,
+        )
     startup = figures.get("serve.startup")
     if startup and startup.runs:
         value = statistics.median(startup.samples)

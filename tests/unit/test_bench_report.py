@@ -69,3 +69,25 @@ def test_report_files(tmp_path: Path) -> None:
     assert {row["key"] for row in document["figures"]} >= {"proxy.get.premd", "listing.1000.facts"}
     for name in ("proxy_latency.png", "listing.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_download_and_sse_memory_goals() -> None:
+    figures = {
+        "lifecycle.pull.plain": Figure("lifecycle.pull.plain", "docker pull", unit="s", runs=[[2.0, 2.0]]),
+        "lifecycle.pull.premd": Figure(
+            "lifecycle.pull.premd", "premd", unit="s", runs=[[2.2, 2.2]], baseline="lifecycle.pull.plain"
+        ),
+        "sse.rss.batch1": Figure("sse.rss.batch1", "gateway RSS, 200 SSE clients, after 500", unit="bytes"),
+        "sse.rss.batch2": Figure("sse.rss.batch2", "gateway RSS, 200 SSE clients, after 1000", unit="bytes"),
+    }
+    figures["sse.rss.batch1"].add_run([60e6])
+    figures["sse.rss.batch2"].add_run([60.5e6])
+    by_goal = {g["goal"]: g for g in goals(figures)}
+    pull = by_goal["image download within 5% of docker pull (median ratio)"]
+    assert pull["met"] is False and pull["measured"] == "1.10x docker pull"
+    sse = by_goal["200 SSE clients: gateway memory bounded (the second batch of events adds < 2 MB RSS)"]
+    assert sse["met"] is True and sse["measured"] == "+0.5 MB"
+    figures["sse.rss.batch2"].runs = [[70e6]]
+    figures["lifecycle.pull.premd"].runs = [[2.05]]
+    met = {g["goal"]: g["met"] for g in goals(figures)}
+    assert met == {pull["goal"]: True, sse["goal"]: False}
