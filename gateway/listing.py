@@ -9,10 +9,16 @@ Host facts are rewritten every few seconds (free memory and disk move a little e
 they feed flip only when a free amount crosses some service's requirement. So the sorted requirements of
 the catalog are kept too: new facts that cross none of them leave the encoded list as it is, without
 looking at a single service (a poll then costs what an unchanged list costs).
+
+Each distinct encoded list also has an entity tag (``ETag``), new exactly when the bytes change: a client
+that asks again with ``If-None-Match`` (a browser's HTTP cache does so by itself) gets a 304 without the
+megabytes while nothing it would see has changed, host facts moving or not.
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from bisect import bisect_right
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -44,12 +50,16 @@ class _OriginCache:
         self.pieces: dict[str, _Piece] = {}
         self.listing: tuple[list[Service], bytes] = ([], b"[]")
         self.thresholds = _Thresholds([], [])
+        self.etag = ""
 
 
 class Listing:
     def __init__(self, view: GatewayView) -> None:
         self._view = view
         self._by_origin: dict[str, _OriginCache] = {}
+        # Tags are this process's (a restart's lists may differ with the same count) and never reused.
+        self._tag_prefix = secrets.token_hex(4)
+        self._tags = itertools.count(1)
 
     def _current(self) -> tuple[object, ...]:
         # The meta and the host facts are replaced (never mutated) on every KV update: identity is their version.
@@ -58,6 +68,14 @@ class Listing:
 
     def services(self, scheme: str, host: str) -> tuple[list[Service], bytes]:
         """Every service in catalog order, and that list encoded as JSON."""
+        return self._cache(scheme, host).listing
+
+    def encoded(self, scheme: str, host: str) -> tuple[bytes, str]:
+        """The list encoded as JSON, and its entity tag (unquoted; new whenever the bytes change)."""
+        cache = self._cache(scheme, host)
+        return cache.listing[1], cache.etag
+
+    def _cache(self, scheme: str, host: str) -> _OriginCache:
         version = self._current()
         origin = f"{scheme}://{host}"
         cache = self._by_origin.get(origin)
@@ -66,16 +84,19 @@ class Listing:
                 self._by_origin.clear()
             cache = self._by_origin[origin] = _OriginCache()
         elif _same(version, cache.version):
-            return cache.listing
+            return cache
         elif _same(version[:3], cache.version[:3]) and cache.thresholds.same_flags(cache.version[3], version[3]):
             cache.version = version  # only the host facts moved, and no service's flags with them
-            return cache.listing
+            return cache
         cache.version = version
         cache.pieces = self._pieces(cache.pieces, scheme, host)
         cache.thresholds = _Thresholds.of(piece.entry for piece in cache.pieces.values())
         services = [piece.service for piece in cache.pieces.values()]
-        cache.listing = (services, _json_array([piece.data for piece in cache.pieces.values()]))
-        return cache.listing
+        body = _json_array([piece.data for piece in cache.pieces.values()])
+        if not cache.etag or body != cache.listing[1]:  # a change no client would see keeps the tag
+            cache.etag = f"{self._tag_prefix}-{next(self._tags)}"
+        cache.listing = (services, body)
+        return cache
 
     def _pieces(self, old: dict[str, _Piece], scheme: str, host: str) -> dict[str, _Piece]:
         view = self._view

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from aiohttp.helpers import ETAG_ANY
 
 from common import codec, subjects
 from common.messages import AddCustomService, Empty
@@ -30,10 +31,21 @@ class BulkResponse(web.Response):
 
 
 @routes.get("/v1/services/")
-@documented("Every service of the catalog, in registry order, with its state on this machine", response=list[Service])
+@documented(
+    "Every service of the catalog, in registry order, with its state on this machine "
+    "(with an ETag: If-None-Match answers 304 while the list is unchanged)",
+    response=list[Service],
+)
 async def list_services(request: web.Request) -> web.Response:
-    _, body = request.app[LISTING].services(request.scheme, request.host)
-    return BulkResponse(body=body, content_type="application/json")
+    body, tag = request.app[LISTING].encoded(request.scheme, request.host)
+    # no-cache: a cache keeps the list but asks every time (a 304 costs no body); the state must be current.
+    headers = {"Cache-Control": "no-cache"}
+    if any(seen.value in (tag, ETAG_ANY) for seen in request.if_none_match or ()):
+        response = web.Response(status=304, headers=headers)
+    else:
+        response = BulkResponse(body=body, content_type="application/json", headers=headers)
+    response.etag = tag
+    return response
 
 
 @routes.post("/v1/services/")

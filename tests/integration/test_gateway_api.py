@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 
 from common import subjects
 from common.embedded_nats import EmbeddedNats
-from common.messages import EventType, OperationEvent, ServiceState
+from common.messages import EventType, HostFacts, OperationEvent, ServiceState
 from common.settings import Settings
 from gateway import streams
 from gateway.app import create_app
@@ -349,6 +349,66 @@ async def test_listing_is_kept_and_rebuilt_only_where_state_changed(api: Client,
         assert int(resp.headers["Content-Length"]) == len(raw)
         assert raw == listing.services("http", resp.url.raw_authority)[1]
     assert listed[500]["runningPort"] == 41234 and listed[499]["running"] is False
+
+
+async def test_listing_revalidates_with_its_etag(api: Client, js: JetStreamContext) -> None:
+    """GET /v1/services/ carries an ETag; If-None-Match answers 304 (no body) until the list's bytes change."""
+    manifests = [ref_manifest(f"etag-{i}-{uuid.uuid4().hex[:6]}", f"x/etag-{i}:1") for i in range(3)]
+    await put_catalog(js, *manifests)
+    ids = {m.id for m in manifests}
+
+    async def listed() -> bool:
+        return ids <= {s["id"] for s in await get_json(api, "/v1/services/")}
+
+    await wait_until(listed, deadline_s=DEADLINE_S, interval=0.05, what="the services listed")
+    async with api.get("/v1/services/") as resp:
+        body = await resp.read()
+        tag = resp.headers["ETag"]
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "no-cache" and tag.startswith('"')
+    for header in (tag, f"W/{tag}", f'"other", {tag}', "*"):
+        async with api.get("/v1/services/", headers={"If-None-Match": header}) as resp:
+            assert resp.status == 304, header
+            assert await resp.read() == b"" and resp.headers["ETag"] == tag
+    async with api.get("/v1/services/", headers={"If-None-Match": '"not-the-tag"'}) as resp:
+        assert resp.status == 200 and await resp.read() == body and resp.headers["ETag"] == tag
+
+    # New host facts whose free amounts cross no requirement: the same bytes, so still 304.
+    host = await js.key_value(subjects.KV_HOST)
+    view = api.app[VIEW]
+    for tick in range(2):
+        facts = HostFacts(
+            gpus=[],
+            memory_total_bytes=1 << 40,
+            memory_available_bytes=(1 << 39) - tick * 4096,
+            disk_free_bytes=1 << 40,
+            disk_total_bytes=1 << 41,
+            docker_available=True,
+            updated_at=time.time(),
+        )
+        await host.put(subjects.HOST_FACTS_KEY, msgspec.json.encode(facts))
+
+        async def facts_seen(expected: HostFacts = facts) -> bool:
+            return view.host == expected
+
+        await wait_until(facts_seen, deadline_s=DEADLINE_S, interval=0.02, what="the host facts seen")
+        async with api.get("/v1/services/", headers={"If-None-Match": tag}) as resp:
+            if tick == 0 and resp.status == 200:  # the first facts may change flags (unknown facts claim all)
+                body, tag = await resp.read(), resp.headers["ETag"]
+            else:
+                assert resp.status == 304 and resp.headers["ETag"] == tag
+
+    # A change the client sees (a service running): a new tag and the new list.
+    changed = manifests[1].id
+    state = ServiceState(service_id=changed, phase="ready", running=True, ready=True, host_port=41235, downloaded=True)
+    await (await js.key_value(subjects.KV_OBSERVED)).put(changed, msgspec.json.encode(state))
+
+    async def state_seen() -> bool:
+        return view.state(changed) == state
+
+    await wait_until(state_seen, deadline_s=DEADLINE_S, interval=0.02, what="the state seen")
+    async with api.get("/v1/services/", headers={"If-None-Match": tag}) as resp:
+        assert resp.status == 200 and resp.headers["ETag"] != tag
+        assert {s["id"]: s["runningPort"] for s in json.loads(await resp.read())}[changed] == 41235
 
 
 # ---------------------------------------------------------------- events

@@ -180,6 +180,8 @@ def test_the_kept_list_is_the_plain_encode_after_every_change() -> None:
         if seed % 2:
             bed.put_facts(_facts(rng, None))  # odd seeds start with facts, even ones without
         listing = Listing(bed.view)
+        last: dict[tuple[str, str], tuple[bytes, str]] = {}
+        bodies_of_tag: dict[str, bytes] = {}
         for step in range(120):
             _change(rng, bed, counter)
             for scheme, host in rng.sample(ORIGINS, 2):
@@ -189,6 +191,14 @@ def test_the_kept_list_is_the_plain_encode_after_every_change() -> None:
                 assert msgspec.json.encode(services) == expected
                 # Asked again with nothing changed: the same kept bytes.
                 assert listing.services(scheme, host)[1] is body
+                # The entity tag is new exactly when the bytes are, and names one body only, ever.
+                encoded, tag = listing.encoded(scheme, host)
+                assert encoded is body and tag
+                previous = last.get((scheme, host))
+                if previous is not None:
+                    assert (tag == previous[1]) == (body == previous[0])
+                assert bodies_of_tag.setdefault(tag, body) == body
+                last[(scheme, host)] = (body, tag)
 
 
 def test_host_facts_moving_within_every_requirement_keep_the_same_bytes() -> None:
@@ -209,13 +219,18 @@ def test_host_facts_moving_within_every_requirement_keep_the_same_bytes() -> Non
     )
     bed.put_facts(facts)
     listing = Listing(bed.view)
-    _, first = listing.services("http", "localhost:1")
+    first, first_tag = listing.encoded("http", "localhost:1")
     for tick in range(1, 20):
         bed.put_facts(msgspec.structs.replace(facts, memory_available_bytes=(1 << 39) - tick * MIB, updated_at=tick))
-        _, body = listing.services("http", "localhost:1")
-        assert body is first  # kept, not re-encoded
+        body, tag = listing.encoded("http", "localhost:1")
+        assert body is first and tag == first_tag  # kept, not re-encoded: a revalidating client gets a 304
         assert body == _plain(bed.view, "http", "localhost:1")
+    # An observed state rewritten with nothing a client sees changed: encoded again, the same bytes and tag.
+    bed.put_state(ServiceState(service_id=ids[0], updated_at=1.0))
+    bed.put_state(ServiceState(service_id=ids[0], updated_at=2.0))
+    body, tag = listing.encoded("http", "localhost:1")
+    assert body == first and tag == first_tag
     # A free amount that crosses requirements is encoded again, and still equals the plain encode.
     bed.put_facts(msgspec.structs.replace(facts, memory_available_bytes=0, disk_free_bytes=0, updated_at=99))
-    _, body = listing.services("http", "localhost:1")
-    assert body != first and body == _plain(bed.view, "http", "localhost:1")
+    body, tag = listing.encoded("http", "localhost:1")
+    assert body != first and body == _plain(bed.view, "http", "localhost:1") and tag != first_tag
