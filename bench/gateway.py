@@ -202,6 +202,31 @@ class Serial:
         return elapsed
 
 
+class Revalidating(Serial):
+    """``GET`` with ``If-None-Match`` of the last answer's ETag, its body kept for a 304: a browser's HTTP cache."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(port, "GET", path)
+        self.kept = b""
+        self.etag = ""
+        self.not_modified = 0
+
+    def once(self) -> float:
+        headers = {"If-None-Match": self.etag} if self.kept else {}
+        start = time.perf_counter()
+        self.conn.request("GET", self.path, headers=headers)
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status == 304:
+            body = self.kept
+            self.not_modified += 1
+        elapsed = time.perf_counter() - start
+        if response.status not in (200, 304) or not body:
+            raise RuntimeError(f"GET {self.path}: {response.status}")
+        self.kept, self.etag = body, response.headers.get("ETag", "")
+        return elapsed
+
+
 def interleaved(calls: dict[str, Callable[[], float]], total: int, block: int = 50) -> dict[str, list[float]]:
     """Latency samples of each call, run in alternating blocks of ``block``."""
     out: dict[str, list[float]] = {name: [] for name in calls}
@@ -387,11 +412,14 @@ async def _listing(
             for rep in range(reps):
                 progress.step(f"GET /v1/services/ with {size:,} services, repetition {rep + 1}/{reps}")
                 client = Serial(p.premd, "GET", "/v1/services/")
+                cached = Revalidating(p.premd, "/v1/services/")
                 bare = Serial(floor_port, "GET", "/v1/services/")
                 client.once()
+                cached.once()
                 bare.once()
                 steady = [client.once() for _ in range(polls)]
                 changing: list[float] = []
+                revalidated: list[float] = []
                 floor_samples: list[float] = []
                 for _ in range(polls):
                     # A poll a second with the host facts rewritten in between, as Prem App meets it; the wait
@@ -400,9 +428,17 @@ async def _listing(
                     await put_facts(js, tick)
                     await asyncio.sleep(0.05)  # the KV watch delivers the new facts to the gateway
                     changing.append(await asyncio.to_thread(client.once))
-                    await asyncio.sleep(0.05)  # the same pause before the floor's poll
+                    await asyncio.sleep(0.05)  # the same pause before each of the others' polls
+                    revalidated.append(await asyncio.to_thread(cached.once))
+                    await asyncio.sleep(0.05)
                     floor_samples.append(await asyncio.to_thread(bare.once))
                 label = f"{size:,}"
+                _fig(
+                    figures,
+                    f"listing.{size}.revalidated",
+                    f"GET /v1/services/, {label} services, host facts changed, If-None-Match (as a browser's cache)",
+                    baseline=f"listing.{size}.floor",
+                ).add_run(revalidated)
                 _fig(
                     figures, f"listing.{size}.floor", f"the same bytes from a bare asyncio server, {label} services"
                 ).add_run(floor_samples)
