@@ -14,11 +14,12 @@ class SseEvent:
     event: str
     data: str
     arrived: float  # time.monotonic() when the event's terminating blank line was read
+    id: str = ""
 
 
 async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
     """Yield events as soon as each one is complete (reads line by line, never the whole body)."""
-    event = "message"
+    event, event_id = "message", ""
     data: list[str] = []
     while True:
         raw = await resp.content.readline()
@@ -27,8 +28,8 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
         line = raw.decode("utf-8").rstrip("\r\n")
         if line == "":
             if data:
-                yield SseEvent(event=event, data="\n".join(data), arrived=time.monotonic())
-            event, data = "message", []
+                yield SseEvent(event=event, data="\n".join(data), arrived=time.monotonic(), id=event_id)
+            event, event_id, data = "message", "", []
             continue
         if line.startswith(":"):
             continue
@@ -38,5 +39,7 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
             event = value
         elif field == "data":
             data.append(value)
+        elif field == "id":
+            event_id = value
     if data:
-        yield SseEvent(event=event, data="\n".join(data), arrived=time.monotonic())
+        yield SseEvent(event=event, data="\n".join(data), arrived=time.monotonic(), id=event_id)
