@@ -16,11 +16,12 @@ from nats.js import JetStreamContext
 
 from common import bus, subjects
 from common.embedded_nats import EmbeddedNats
-from common.jetstream import ensure_resources
+from common.jetstream import ensure_resources, kv_bucket
 from common.messages import Ack, Empty, OperationAccepted, StartService
 from common.nats_auth import credentials_path, ensure_credentials, read_credentials, server_config
 from common.settings import Settings
 from scheduler.component import Scheduler
+from scheduler.state import instance_id
 from tests.support.scheduler_bed import (
     Events,
     cleanup_service,
@@ -104,9 +105,7 @@ async def test_two_premds_on_one_engine_touch_only_their_own_containers(
         for catalog in (js, b_js):  # both premds know every service (the same registry)
             await put_catalog(catalog, *manifests)
         try:
-            a = await stack.enter_async_context(running_scheduler(settings))
-            b = await stack.enter_async_context(running_scheduler(b_settings))
-            assert a.instance != b.instance
+            a_instance = await instance_id(await kv_bucket(js, subjects.KV_DESIRED))  # A's, read by A at its start
             # Strangers to both, running, of services both know and neither wants running: premd's labels
             # without an instance label; another instance's naming A's NATS URL as its home (a reused port).
             premd = {"io.premd.managed": "true"}
@@ -123,8 +122,11 @@ async def test_two_premds_on_one_engine_touch_only_their_own_containers(
                 ),
             }
             # A's own orphan (its instance label, nothing desired): A reaps it, B must not.
-            mine = {**premd, "io.premd.service": orphan, "io.premd.instance": a.instance}
+            mine = {**premd, "io.premd.service": orphan, "io.premd.instance": a_instance}
             a_orphan = await make_container(ref_image, labels=mine)
+            a = await stack.enter_async_context(running_scheduler(settings))
+            b = await stack.enter_async_context(running_scheduler(b_settings))
+            assert a.instance == a_instance != b.instance
 
             await start_and_wait(nc, js, a_sid)
             await start_and_wait(b_nc, b_js, b_sid)
