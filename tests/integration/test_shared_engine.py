@@ -82,7 +82,12 @@ async def passes_after_now(scheduler: Scheduler, count: int = 2) -> None:
 
 
 async def state_of(docker: aiodocker.Docker, container_id: str) -> str:
-    info = await docker.containers.container(container_id).show()
+    try:
+        info = await docker.containers.container(container_id).show()
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return "removed"
+        raise
     return str(info["State"]["Status"])
 
 
@@ -132,11 +137,7 @@ async def test_two_premds_on_one_engine_touch_only_their_own_containers(
             await start_and_wait(b_nc, b_js, b_sid)
 
             async def orphan_reaped() -> bool:
-                try:
-                    await docker.containers.container(a_orphan.id).show()
-                except aiodocker.DockerError as exc:
-                    return exc.status == 404
-                return False
+                return await state_of(docker, a_orphan.id) == "removed"
 
             await wait_until(orphan_reaped, deadline_s=30, what="A's own orphan reaped by A")
             await passes_after_now(a)
