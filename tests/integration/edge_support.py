@@ -7,13 +7,13 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
 from yarl import URL
 
@@ -22,16 +22,14 @@ from common.jetstream import kv_bucket
 from common.manifest import Manifest
 from common.messages import CatalogEntry, ServicePhase, ServiceState
 from common.settings import Settings
-from gateway.app import create_app
 from gateway.forwarding import Front
 from gateway.keys import VIEW
-from tests.support.bus_users import connect_as
+from tests.support import components
+from tests.support.components import Client as Client  # re-exported: the edge tests import it from here
 from tests.testbed.util import free_port, wait_http_ok
 
 REF_SERVER = Path(__file__).resolve().parents[1] / "testbed" / "refservice" / "server.py"
 DEADLINE_S = 10.0
-
-Client = TestClient[web.Request, web.Application]
 
 
 @asynccontextmanager
@@ -79,17 +77,9 @@ class FrontTestServer(TestServer):
         await super().close()
 
 
-@asynccontextmanager
-async def gateway(settings: Settings) -> AsyncIterator[Client]:
-    """The full gateway app (premd's routes and the edge) on a real loopback server, as the gateway bus user."""
-    nc = await connect_as(settings, subjects.GATEWAY)
-    client: Client = TestClient(FrontTestServer(create_app(settings, nc), host="127.0.0.1"))
-    try:
-        await client.start_server()
-        yield client
-    finally:
-        await client.close()
-        await nc.close()
+def gateway(settings: Settings) -> AbstractAsyncContextManager[Client]:
+    """The full gateway app (premd's routes and the edge) behind its own listener, as the gateway bus user."""
+    return components.gateway(settings, FrontTestServer)
 
 
 async def put_service(

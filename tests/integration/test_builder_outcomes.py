@@ -5,7 +5,6 @@ removes it from the catalog."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,30 +22,19 @@ from tests.support.builder_bed import (
     builder,
     builder_settings,
     gateway,
+    package_api,
     remove_package_images,
     unique,
     upload,
     wait_ended,
     zip_bytes,
 )
-from tests.support.bus_users import connect_as
+from tests.support.components import running
 from tests.support.packages import hanging_setup_files, hello_files, raising_files
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.util import wait_until
 
 pytestmark = pytest.mark.docker
-
-
-@contextlib.asynccontextmanager
-async def component(cls: type[RegistrySync] | type[Scheduler], settings: Settings) -> AsyncIterator[None]:
-    nc = await connect_as(settings, cls.name)
-    comp = cls(settings, nc)
-    await comp.start()
-    try:
-        yield
-    finally:
-        await comp.stop()
-        await nc.close()
 
 
 @pytest.fixture
@@ -56,10 +44,8 @@ def bsettings(settings: Settings, base_image: str, oci_registry: OciRegistry) ->
 
 @pytest.fixture
 async def api(bsettings: Settings, docker: aiodocker.Docker) -> AsyncIterator[tuple[Client, list[str]]]:
-    made: list[str] = []
-    async with builder(bsettings), gateway(bsettings) as client:
-        yield client, made
-    await remove_package_images(docker, made)
+    async with package_api(bsettings, docker) as api:
+        yield api
 
 
 async def _events(client: Client, package_id: str) -> list[dict[str, Any]]:
@@ -110,8 +96,8 @@ async def test_ready_package_runs_as_a_service_through_the_proxy_and_deletion_re
 ) -> None:
     made: list[str] = []
     async with (
-        component(RegistrySync, bsettings),
-        component(Scheduler, bsettings),
+        running(RegistrySync, bsettings),
+        running(Scheduler, bsettings),
         builder(bsettings),
         gateway(bsettings) as client,
     ):

@@ -16,10 +16,8 @@ import pytest
 from common.settings import Settings
 from tests.support.builder_bed import (
     Client,
-    builder,
     builder_settings,
-    gateway,
-    remove_package_images,
+    package_api,
     rezip,
     unique,
     upload,
@@ -48,10 +46,8 @@ def bsettings(settings: Settings, base_image: str, oci_registry: OciRegistry) ->
 
 @pytest.fixture
 async def api(bsettings: Settings, docker: aiodocker.Docker) -> AsyncIterator[tuple[Client, list[str]]]:
-    made: list[str] = []
-    async with builder(bsettings), gateway(bsettings) as client:
-        yield client, made
-    await remove_package_images(docker, made)
+    async with package_api(bsettings, docker) as api:
+        yield api
 
 
 async def test_hello_upload_to_ready_list_get_download_and_same_files_same_id(

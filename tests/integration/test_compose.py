@@ -28,6 +28,8 @@ import pytest
 
 from common.nats_auth import read_credentials
 from scripts.deploy_build import DEPLOY, prepare
+from tests.support.images import in_registry
+from tests.support.registry_files import chat_manifest
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.sse import iter_sse
 from tests.testbed.util import StopWaiting, free_port, wait_until
@@ -125,31 +127,8 @@ def compose_stack(tmp_path: Path, base_image: str, ref_image: str) -> Iterator[S
 
 @pytest.fixture
 async def pushed_chat(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
-    remote = await oci_registry.push(docker, ref_image, name=f"premd-test/compose-{uuid.uuid4().hex[:8]}")
-    await docker.images.delete(remote, force=True)
-    try:
+    async with in_registry(docker, oci_registry, ref_image, "compose") as remote:
         yield remote
-    finally:
-        try:
-            await docker.images.delete(remote, force=True)
-        except aiodocker.DockerError:
-            pass
-
-
-def chat_manifest(service_id: str, image: str) -> dict[str, Any]:
-    return {
-        "id": service_id,
-        "name": "Compose Chat",
-        "description": "reference chat service",
-        "documentation": "",
-        "icon": "",
-        "modelInfo": {"memoryRequirements": 64, "tokensPerSecond": 20},
-        "interfaces": ["chat"],
-        "dockerImages": {"cpu": {"size": 200_000_000, "image": image}},
-        "defaultPort": 8000,
-        "defaultExternalPort": free_port(),
-        "volumePath": "/data",
-    }
 
 
 async def stream_chat(http: aiohttp.ClientSession, base_url: str, service_id: str) -> list[str]:
@@ -174,7 +153,7 @@ async def test_compose_stack(compose_stack: Stack, pushed_chat: str, docker: aio
     stack = compose_stack
     service_id = f"compose-chat-{uuid.uuid4().hex[:8]}"
     registry = stack.workdir.parent / "registry" / "registry.json"
-    registry.write_text(json.dumps([chat_manifest(service_id, pushed_chat)]))
+    registry.write_text(json.dumps([chat_manifest(service_id, pushed_chat, "Compose Chat")]))
     try:
         await asyncio.to_thread(stack.compose, "build")
         await asyncio.to_thread(stack.compose, "up", "-d")

@@ -20,6 +20,8 @@ import aiodocker
 import aiohttp
 import pytest
 
+from tests.support.images import in_registry
+from tests.support.registry_files import chat_manifest
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.sse import SseEvent, iter_sse
 from tests.testbed.util import StopWaiting, free_port, wait_until
@@ -54,34 +56,13 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
 
 @pytest.fixture
 async def pushed_image(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
-    name = f"premd-test/e2e-{uuid.uuid4().hex[:8]}"
-    remote = await oci_registry.push(docker, ref_image, name=name)
-    await docker.images.delete(remote, force=True)
-    try:
+    async with in_registry(docker, oci_registry, ref_image, "e2e") as remote:
         yield remote
-    finally:
-        try:
-            await docker.images.delete(remote, force=True)
-        except aiodocker.DockerError:
-            pass
 
 
 async def test_prem_app_flow(tmp_path: Path, pushed_image: str, docker: aiodocker.Docker) -> None:
     service_id = f"e2e-chat-{uuid.uuid4().hex[:8]}"
-    manifest = {
-        "id": service_id,
-        "name": "E2E Chat",
-        "description": "reference chat service",
-        "documentation": "",
-        "icon": "",
-        "modelInfo": {"memoryRequirements": 64, "tokensPerSecond": 20},
-        "interfaces": ["chat"],
-        "dockerImages": {"cpu": {"size": 200_000_000, "image": pushed_image}},
-        "defaultPort": 8000,
-        "defaultExternalPort": free_port(),
-        "volumePath": "/data",
-        "futureKey": {"kept": True},
-    }
+    manifest = chat_manifest(service_id, pushed_image, "E2E Chat", futureKey={"kept": True})
     registry_file = tmp_path / "registry.json"
     registry_file.write_text(json.dumps([manifest]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}

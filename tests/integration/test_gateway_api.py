@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -37,9 +36,10 @@ from gateway.routes import events as events_routes
 from gateway.service_json import proxy_base_url, service_json
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
-from tests.support.bus_users import connect_as
+from tests.support.components import Client as Client  # re-exported: test_fault_events imports it from here
+from tests.support.components import gateway, running
+from tests.support.images import in_registry, with_own_layer
 from tests.support.scheduler_bed import SchedulerProcess, put_catalog, ref_manifest, wait_observed
-from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.registries import REGISTRIES_DIR
 from tests.testbed.sse import SseEvent, iter_sse
@@ -50,9 +50,6 @@ MOCK, MAIN = "prem-daemon-mock-manifests.json", "prem-registry-main-manifests.js
 DEADLINE_S = 30.0
 SERVICE_KEYS = 29
 LAYER_BYTES = 48 * 1024 * 1024
-
-Client = TestClient[web.Request, web.Application]
-
 
 # ---------------------------------------------------------------- fixtures
 
@@ -79,41 +76,17 @@ async def registry_url() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-@asynccontextmanager
-async def component(cls: type[RegistrySync] | type[Scheduler], settings: Settings) -> AsyncIterator[None]:
-    nc = await connect_as(settings, cls.name)
-    comp = cls(settings, nc)
-    await comp.start()
-    try:
-        yield
-    finally:
-        await comp.stop()
-        await nc.close()
-
-
-@asynccontextmanager
-async def gateway(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect_as(settings, subjects.GATEWAY)
-    client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
-    try:
-        await client.start_server()
-        yield client
-    finally:
-        await client.close()
-        await nc.close()
-
-
 @pytest.fixture
 async def api(settings: Settings, nc: NATS, js: JetStreamContext) -> AsyncIterator[Client]:
     """The gateway and registry_sync (no scheduler: the routes needing Docker are tested below)."""
-    async with component(RegistrySync, settings), gateway(settings) as client:
+    async with running(RegistrySync, settings), gateway(settings) as client:
         yield client
 
 
 @pytest.fixture
 async def full_api(settings: Settings, nc: NATS, js: JetStreamContext) -> AsyncIterator[Client]:
     """The gateway, registry_sync and the scheduler (real Docker)."""
-    async with component(RegistrySync, settings), component(Scheduler, settings), gateway(settings) as client:
+    async with running(RegistrySync, settings), running(Scheduler, settings), gateway(settings) as client:
         yield client
 
 
@@ -495,7 +468,7 @@ async def test_catalog_changes_are_events(api: Client, registry_url: str) -> Non
 
 
 async def test_shutdown_ends_open_streams(settings: Settings, nc: NATS, js: JetStreamContext) -> None:
-    async with component(RegistrySync, settings):
+    async with running(RegistrySync, settings):
         client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
         await client.start_server()
         try:
@@ -601,34 +574,15 @@ async def test_body_past_the_limit_is_413(settings: Settings, nc: NATS, js: JetS
 @pytest.fixture
 async def pushed(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
     """The reference image in the OCI registry under a unique name, absent locally."""
-    remote = await oci_registry.push(docker, ref_image, name=f"premd-test/gw-{uuid.uuid4().hex[:8]}")
-    await docker.images.delete(remote, force=True)
-    try:
+    async with in_registry(docker, oci_registry, ref_image, "gw") as remote:
         yield remote
-    finally:
-        try:
-            await docker.images.delete(remote, force=True)
-        except aiodocker.DockerError:
-            pass
 
 
 @pytest.fixture
 async def pushed_layer(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
-    """An image with a layer of its own (incompressible bytes) in the OCI registry, absent locally: pulling it
-    really downloads, so the pull reports progress."""
-    local = f"premd-test/gw-layer-{uuid.uuid4().hex[:8]}:1"
-    blob = os.urandom(LAYER_BYTES)
-    await build_image(docker, local, {"Dockerfile": f"FROM {ref_image}\nCOPY blob /blob\n".encode(), "blob": blob})
-    remote = await oci_registry.push(docker, local)
-    for ref in (local, remote):
-        await docker.images.delete(ref, force=True)
-    try:
+    """An image with a layer of its own in the OCI registry, absent locally: pulling it reports progress."""
+    async with with_own_layer(docker, oci_registry, ref_image, "gw-layer", LAYER_BYTES) as remote:
         yield remote
-    finally:
-        try:
-            await docker.images.delete(remote, force=True)
-        except aiodocker.DockerError:
-            pass
 
 
 async def sse_download(client: Client, service_id: str) -> list[tuple[bytes, dict[str, Any]]]:

@@ -27,11 +27,10 @@ from gateway.keys import VIEW
 from tests.integration.edge_support import Client, gateway
 from tests.support.scheduler_bed import (
     Events,
-    cleanup_service,
-    new_service_id,
     put_catalog,
     ref_manifest,
     running_scheduler,
+    service_id_maker,
     wait_observed,
 )
 from tests.testbed.util import free_port, wait_until
@@ -45,17 +44,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 async def service_ids(docker: aiodocker.Docker) -> AsyncIterator[Callable[[], str]]:
     """New unique service ids; their containers and volumes are removed after the test."""
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(new_service_id("oai"))
-        return made[-1]
-
-    try:
+    async with service_id_maker(docker, "oai") as make:
         yield make
-    finally:
-        for sid in made:
-            await cleanup_service(docker, sid)
 
 
 def sdk(client: Client, **kwargs: object) -> openai.AsyncOpenAI:

@@ -19,15 +19,12 @@ from common.messages import (
     GetContainerStats,
     GpuInfo,
     GPUStats,
-    OperationAccepted,
     OSStats,
     RemoveImage,
     RemoveVolume,
-    StartService,
 )
 from common.settings import Settings
 from tests.support.scheduler_bed import (
-    Events,
     FakeGpus,
     cleanup_service,
     new_service_id,
@@ -35,6 +32,7 @@ from tests.support.scheduler_bed import (
     put_catalog,
     ref_manifest,
     running_scheduler,
+    start_and_wait,
     wait_observed,
 )
 from tests.testbed.containers import ContainerFactory
@@ -69,12 +67,7 @@ async def test_stats_stop_all_and_prune(
     try:
         async with running_scheduler(settings, gpu_probe=FakeGpus([gpu])) as scheduler:
             await wait_observed(js, sid, lambda s: s.downloaded)
-            events = await Events.of_service(js, sid)
-            accepted = await bus.request(
-                nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
-            )
-            assert (await events.final(accepted.operation_id)).type == "succeeded"
-            await events.close()
+            assert (await start_and_wait(nc, js, sid)).type == "succeeded"
 
             stats = await bus.request(
                 nc, subjects.SCHEDULER_CONTAINER_STATS, GetContainerStats(service_id=sid), ContainerStatsList, 10

@@ -9,17 +9,15 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from common import bus, subjects
-from common.messages import OperationAccepted, StartService
 from common.settings import Settings
 from tests.integration.edge_support import gateway
 from tests.support.scheduler_bed import (
-    Events,
     cleanup_service,
     new_service_id,
     put_catalog,
     ref_manifest,
     running_scheduler,
+    start_and_wait,
     wait_observed,
 )
 from tests.testbed.util import free_port
@@ -36,12 +34,7 @@ async def test_six_stats_requests_at_once_all_answer(
     try:
         async with running_scheduler(settings), gateway(settings) as client:
             await wait_observed(js, sid, lambda s: s.downloaded)
-            events = await Events.of_service(js, sid)
-            accepted = await bus.request(
-                nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
-            )
-            assert (await events.final(accepted.operation_id)).type == "succeeded"
-            await events.close()
+            assert (await start_and_wait(nc, js, sid)).type == "succeeded"
 
             async def stats() -> tuple[int, dict[str, object]]:
                 async with client.get(f"/v1/stats/{sid}") as resp:

@@ -15,17 +15,17 @@ from nats.js import JetStreamContext
 from common import bus, subjects
 from common.errors import AppError
 from common.jetstream import kv_bucket, kv_get
-from common.messages import Ack, DesiredState, Empty, OperationAccepted, ServiceStopped, StartService, StopService
+from common.messages import Ack, DesiredState, Empty, ServiceStopped, StopService
 from common.settings import Settings
 from scheduler.component import Scheduler
 from tests.support.scheduler_bed import (
-    Events,
     cleanup_service,
     containers_of,
     new_service_id,
     put_catalog,
     ref_manifest,
     running_scheduler,
+    start_and_wait,
     wait_observed,
 )
 from tests.testbed.containers import ContainerFactory
@@ -133,12 +133,7 @@ async def test_name_conflicts_are_reported_and_a_wiped_premds_container_is_its_o
             outcome = {}
             for sid in (users, second, wiped):
                 await wait_observed(js, sid, lambda s: s.downloaded)
-                events = await Events.of_service(js, sid)
-                accepted = await bus.request(
-                    nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
-                )
-                outcome[sid] = await events.final(accepted.operation_id)
-                await events.close()
+                outcome[sid] = await start_and_wait(nc, js, sid)
         for sid, words in ((users, base_image), (second, "another premd")):
             final = outcome[sid]
             assert final.type == "failed" and final.error_code == "container.name_taken", final

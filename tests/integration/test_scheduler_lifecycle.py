@@ -17,14 +17,13 @@ from common.messages import OperationAccepted, RestartService, ServiceStopped, S
 from common.settings import Settings
 from tests.support.scheduler_bed import (
     Events,
-    cleanup_service,
     containers_of,
     exec_output,
-    new_service_id,
     observed,
     put_catalog,
     ref_manifest,
     running_scheduler,
+    service_id_maker,
     wait_observed,
 )
 from tests.testbed.util import free_port
@@ -37,17 +36,8 @@ EXEC = "sh -c 'echo ran >> /data/exec.log'"
 @pytest.fixture
 async def service_ids(docker: aiodocker.Docker) -> AsyncIterator[Callable[[], str]]:
     """New unique service ids; their containers and volumes are removed after the test."""
-    made: list[str] = []
-
-    def make() -> str:
-        made.append(new_service_id())
-        return made[-1]
-
-    try:
+    async with service_id_maker(docker) as make:
         yield make
-    finally:
-        for sid in made:
-            await cleanup_service(docker, sid)
 
 
 async def _start(nc: NATS, sid: str, force: bool = False) -> OperationAccepted:

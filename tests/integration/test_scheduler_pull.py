@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import uuid
 from collections.abc import AsyncIterator
 
 import aiodocker
@@ -17,6 +14,7 @@ from nats.js import JetStreamContext
 from common import bus, subjects
 from common.messages import OperationAccepted, PullImage, ServiceState
 from common.settings import Settings
+from tests.support.images import with_own_layer
 from tests.support.scheduler_bed import (
     Events,
     new_service_id,
@@ -26,7 +24,6 @@ from tests.support.scheduler_bed import (
     running_scheduler,
     wait_observed,
 )
-from tests.testbed.images import build_image
 from tests.testbed.oci_registry import OciRegistry
 
 pytestmark = pytest.mark.docker
@@ -37,18 +34,8 @@ BLOB_BYTES = 16 * 1024 * 1024
 @pytest.fixture
 async def remote_image(docker: aiodocker.Docker, ref_image: str, oci_registry: OciRegistry) -> AsyncIterator[str]:
     """An image with a layer of its own (random bytes) in the registry, absent locally."""
-    name = f"premd-test/pull-{uuid.uuid4().hex[:8]}"
-    local = f"{name}:1"
-    files = {"Dockerfile": f"FROM {ref_image}\nCOPY blob /blob\n".encode(), "blob": os.urandom(BLOB_BYTES)}
-    await build_image(docker, local, files)
-    remote = await oci_registry.push(docker, local, name=name)
-    await docker.images.delete(local, force=True)
-    await docker.images.delete(remote, force=True)
-    try:
+    async with with_own_layer(docker, oci_registry, ref_image, "pull", BLOB_BYTES) as remote:
         yield remote
-    finally:
-        with contextlib.suppress(aiodocker.DockerError):
-            await docker.images.delete(remote, force=True)
 
 
 async def _pull(nc: NATS, sid: str) -> OperationAccepted:

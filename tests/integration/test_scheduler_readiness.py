@@ -13,16 +13,14 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from common import bus, subjects
-from common.messages import OperationAccepted, StartService
 from common.settings import Settings
 from tests.support.scheduler_bed import (
-    Events,
     cleanup_service,
     new_service_id,
     put_catalog,
     ref_manifest,
     running_scheduler,
+    start_and_wait,
     wait_observed,
 )
 from tests.testbed.util import free_port
@@ -43,10 +41,7 @@ async def _start(nc: NATS, js: JetStreamContext, settings: Settings, sid: str, b
     await put_catalog(js, manifest)
     async with running_scheduler(settings):
         await wait_observed(js, sid, lambda s: s.downloaded)
-        events = await Events.of_service(js, sid)
-        accepted = await bus.request(nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5)
-        final = await events.final(accepted.operation_id)
-        await events.close()
+        final = await start_and_wait(nc, js, sid)
     assert final.type == "succeeded", final
     return final.phase or ""
 

@@ -29,6 +29,7 @@ from tests.support.scheduler_bed import (
     put_catalog,
     ref_manifest,
     running_scheduler,
+    start_and_wait,
     wait_observed,
 )
 from tests.testbed.containers import ContainerFactory
@@ -139,17 +140,12 @@ async def test_crashing_service_is_restarted_with_backoff_then_reported_as_crash
     fast = msgspec.structs.replace(settings, crash_backoff_s=0.2, crash_backoff_max_s=1.0)
     try:
         async with running_scheduler(fast):
-            events = await Events.of_service(js, sid)
-            accepted = await bus.request(
-                nc, subjects.SCHEDULER_START, StartService(service_id=sid), OperationAccepted, 5
-            )
-            assert (await events.final(accepted.operation_id)).type == "succeeded"  # ready, then it crashes
+            assert (await start_and_wait(nc, js, sid)).type == "succeeded"  # ready, then it crashes
             first = await wait_observed(js, sid, lambda s: s.phase == "failed" and s.error_code == "service.crashed")
             assert first.exit_code == 7 and first.log_tail and "crashing with code 7" in first.log_tail[-1]
             looping = await wait_observed(js, sid, lambda s: s.phase == "crashloop", timeout=30)
             assert looping.restarts >= CRASHLOOP_AFTER - 1 and looping.error_code == "service.crashed"
             assert "crash loop" in (looping.last_error or "")
-            await events.close()
             assert len(await containers_of(docker, sid)) == 1  # never two at once
     finally:
         await cleanup_service(docker, sid)

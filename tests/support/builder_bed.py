@@ -7,24 +7,22 @@ import io
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiodocker
 import aiohttp
 import msgspec
-from aiohttp.test_utils import TestClient, TestServer
 
 from builder.component import Builder
-from common import subjects
 from common.settings import Settings
-from gateway.app import create_app
-from tests.support.bus_users import connect_as
+from tests.support.components import Client, gateway, running
 from tests.support.packages import FileContent, write_package_zip
 from tests.testbed.util import wait_until
 
-Client = TestClient[Any, Any]
+# Re-exported: the builder tests' (and bench/builds.py's) client and gateway.
+__all__ = ["Client", "gateway"]
 
 
 def builder_settings(settings: Settings, base_image: str, registry_host: str, **overrides: Any) -> Settings:
@@ -81,28 +79,19 @@ async def wait_ended(client: Client, package_id: str, deadline_s: float = 600.0)
     return found
 
 
-@asynccontextmanager
-async def builder(settings: Settings) -> AsyncIterator[Builder]:
-    nc = await connect_as(settings, subjects.BUILDER)
-    comp = Builder(settings, nc)
-    await comp.start()
-    try:
-        yield comp
-    finally:
-        await comp.stop()
-        await nc.close()
+def builder(settings: Settings) -> AbstractAsyncContextManager[Builder]:
+    return running(Builder, settings)
 
 
 @asynccontextmanager
-async def gateway(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect_as(settings, subjects.GATEWAY)
-    client: Client = TestClient(TestServer(create_app(settings, nc), host="127.0.0.1"))
-    await client.start_server()
+async def package_api(settings: Settings, docker: aiodocker.Docker) -> AsyncIterator[tuple[Client, list[str]]]:
+    """The builder and the gateway: the client, and a list for the test's package ids (their images go after)."""
+    made: list[str] = []
     try:
-        yield client
+        async with builder(settings), gateway(settings) as client:
+            yield client, made
     finally:
-        await client.close()
-        await nc.close()
+        await remove_package_images(docker, made)
 
 
 async def remove_package_images(docker: aiodocker.Docker, package_ids: list[str]) -> None:

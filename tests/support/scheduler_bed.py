@@ -20,10 +20,18 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from common import subjects
+from common import bus, subjects
 from common.jetstream import kv_bucket, kv_get
 from common.manifest import Manifest
-from common.messages import CatalogEntry, CatalogMeta, GpuInfo, OperationEvent, ServiceState
+from common.messages import (
+    CatalogEntry,
+    CatalogMeta,
+    GpuInfo,
+    OperationAccepted,
+    OperationEvent,
+    ServiceState,
+    StartService,
+)
 from common.settings import Settings
 from scheduler.component import Scheduler
 from tests.support.bus_users import connect_as
@@ -134,6 +142,17 @@ class Events:
             await self._sub.unsubscribe()
 
 
+async def start_and_wait(nc: NATS, js: JetStreamContext, service_id: str) -> OperationEvent:
+    """Start ``service_id`` on the running scheduler; the final event (succeeded or failed) of its operation."""
+    events = await Events.of_service(js, service_id)
+    try:
+        command = StartService(service_id=service_id)
+        accepted = await bus.request(nc, subjects.SCHEDULER_START, command, OperationAccepted, 5)
+        return await events.final(accepted.operation_id)
+    finally:
+        await events.close()
+
+
 async def observed(js: JetStreamContext, service_id: str) -> ServiceState | None:
     kv = await kv_bucket(js, subjects.KV_OBSERVED)
     state, _ = await kv_get(kv, service_id, ServiceState)
@@ -179,6 +198,22 @@ async def cleanup_service(docker: aiodocker.Docker, service_id: str) -> None:
     with contextlib.suppress(aiodocker.DockerError):
         async with docker._query(f"volumes/prem-{service_id}-data", method="DELETE"):
             pass
+
+
+@asynccontextmanager
+async def service_id_maker(docker: aiodocker.Docker, prefix: str = "t") -> AsyncIterator[Callable[[], str]]:
+    """Makes new unique service ids; their containers and volumes are removed at the end."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(new_service_id(prefix))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for sid in made:
+            await cleanup_service(docker, sid)
 
 
 async def exec_output(docker: aiodocker.Docker, container_id: str, *cmd: str) -> str:
