@@ -21,45 +21,9 @@ from common.jetstream import kv_bucket
 from common.nats_auth import BusCredentials, credentials_path, read_credentials
 from common.settings import Settings
 from registry_sync.component import RegistrySync
-from tests.testbed.util import wait_until
+from tests.support.bus_users import RawClient
 
 DEADLINE_S = 5.0
-
-
-class RawClient:
-    """A plain nats-py connection as one bus user, collecting the server's permission errors."""
-
-    def __init__(self) -> None:
-        self.nc = NATS()
-        self.errors: list[str] = []
-
-    async def connect(self, url: str, creds: BusCredentials) -> RawClient:
-        async def on_error(exc: Exception) -> None:
-            self.errors.append(str(exc))
-
-        await self.nc.connect(
-            url,
-            user=creds.user,
-            password=creds.password,
-            inbox_prefix=creds.inbox_prefix,
-            error_cb=on_error,
-            allow_reconnect=False,
-        )
-        return self
-
-    async def refused(self, what: str) -> bool:
-        """Whether the server reported a permissions violation naming ``what`` (nats-py lower-cases its text)."""
-        await self.nc.flush()
-        what = what.lower()
-
-        async def seen() -> bool:
-            return any("permissions violation" in e and what in e.lower() for e in self.errors)
-
-        try:
-            await wait_until(seen, deadline_s=DEADLINE_S, interval=0.01)
-        except TimeoutError:
-            return False
-        return True
 
 
 @pytest.fixture

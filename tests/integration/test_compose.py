@@ -23,11 +23,11 @@ from typing import Any
 
 import aiodocker
 import aiohttp
-import nats
 import pytest
 
 from common.nats_auth import read_credentials
 from scripts.deploy_build import DEPLOY, prepare
+from tests.support.bus_users import RawClient
 from tests.support.images import in_registry
 from tests.support.registry_files import chat_manifest
 from tests.testbed.oci_registry import OciRegistry
@@ -241,28 +241,10 @@ async def assert_bus_authorized(stack: Stack) -> None:
     path = stack.workdir / "gateway.json"
     path.write_text(raw)
     creds = read_credentials(path)
-    errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    nc = await nats.connect(
-        url,
-        user=creds.user,
-        password=creds.password,
-        inbox_prefix=creds.inbox_prefix,
-        error_cb=on_error,
-        allow_reconnect=False,
-    )
+    client = await RawClient().connect(url, creds)
     try:
         # The scheduler alone writes desired state; the gateway only asks it to.
-        await nc.publish(f"$KV.premd_desired.{uuid.uuid4().hex}", b"{}")
-        await nc.flush()
-
-        async def refused() -> bool:
-            return bool(errors)
-
-        await wait_until(refused, deadline_s=10, what="the server's permissions violation")
+        await client.nc.publish(f"$KV.premd_desired.{uuid.uuid4().hex}", b"{}")
+        assert await client.refused("$KV.premd_desired", deadline_s=10), client.errors
     finally:
-        await nc.close()
-    assert "permissions violation" in str(errors[0]).lower(), errors
+        await client.nc.close()
