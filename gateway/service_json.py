@@ -1,8 +1,8 @@
 """premd's Service JSON from what the gateway knows: catalog entry + observed state + host facts. Pure.
 
 Dynamic fields come from the scheduler's observed state and are never stale (premd kept runningPort,
-volumeName, downloadedDockerImage after the fact: its bug 2). Fit flags and the image choice come
-from common.fit, the same rules the scheduler enforces.
+volumeName, downloadedDockerImage after the fact: docs/http-api.md, deviation 2). Fit flags and the image
+choice come from common.fit, the same rules the scheduler enforces.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ DATA = REGISTRIES_DIR
 GIB = 1024**3
 BASE = "http://localhost:54321/proxy/x"
 
-# premd's ServiceResponse keys, in the order it emitted them (reference 2.4).
+# premd's ServiceResponse keys, in the order it emitted them.
 PREMD_KEYS = [
     "id", "name", "description", "documentation", "icon", "modelInfo", "interfaces", "dockerImage",
     "dockerImageSize", "defaultPort", "defaultExternalPort", "runningPort", "command", "volumePath",
@@ -105,7 +105,8 @@ def test_running_service_reports_port_and_volume() -> None:
 
 
 def test_no_stale_fields_after_stop_or_image_removal() -> None:
-    """premd bug 2: runningPort / volumeName / downloadedDockerImage / needsUpdate outlived what they described."""
+    """runningPort / volumeName / downloadedDockerImage / needsUpdate never outlive what they describe (premd's did:
+    docs/http-api.md, deviation 2)."""
     stopped = ServiceState(
         service_id="svc-a",
         running=False,
@@ -150,7 +151,7 @@ def test_unknown_host_facts_claim_nothing_missing() -> None:
 
 
 def test_binary_manifests_are_listed_unsupported() -> None:
-    """premd 500ed on manifests without dockerImages (its quirk 11); they are listed as unsupported."""
+    """premd 500ed on manifests without dockerImages; they are listed as unsupported (docs/http-api.md, deviation 5)."""
     binaries = [raw for raw in _manifests("prem-registry-dev-manifests.json") if "dockerImages" not in raw]
     assert binaries
     for raw in binaries:

@@ -57,7 +57,7 @@ def test_removing_a_registry_drops_only_its_own_services() -> None:
     both = merge([main, dev, mock], [])
     without_dev = merge([main, mock], [])
     ids = {e.manifest.id for e in without_dev}
-    # premd would also drop main's services whose ids dev defines (quirk 4); origins keep them here.
+    # premd would also drop main's services whose ids dev defines; origins keep them here (docs/architecture.md).
     assert {e.manifest.id for e in main} <= ids
     assert {e.manifest.id for e in both if e.origin == "dev"}.isdisjoint(ids)
 
