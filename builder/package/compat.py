@@ -131,10 +131,6 @@ def check_python(python_version: str, pins: dict[str, Pin]) -> None:
             )
 
 
-def _unknown(what: str, used: str) -> str:
-    return f"{what} is not in the compatibility matrix {MATRIX.version}; using {used} as set"
-
-
 def _incompatible(message: str) -> PackageInvalidError:
     return PackageInvalidError(Code.PACKAGE_CUDA_INCOMPATIBLE, message)
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiodocker
 from aiodocker.containers import DockerContainer
 
-from .util import StopWaiting, wait_http_ok, wait_until
+from .util import wait_http_ok, wait_until
 
 TEST_LABEL = "org.premd.test"
 
@@ -52,15 +52,6 @@ class RunningContainer:
         """Poll ``GET path`` on the published port until it answers 200."""
         url = self.url(port) + path
         await wait_http_ok(url, deadline_s=deadline_s)
-
-    async def wait_running(self, deadline_s: float = 30.0) -> None:
-        async def running() -> bool:
-            state = (await self.show())["State"]
-            if state.get("Status") in ("exited", "dead"):
-                raise StopWaiting(f"{self.name} exited with {state.get('ExitCode')}")
-            return bool(state.get("Running"))
-
-        await wait_until(running, deadline_s=deadline_s, what=f"{self.name} running")
 
 
 class ContainerFactory:

@@ -5,16 +5,11 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-system-deps.sh"
 DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
-class DockerUnavailableError(RuntimeError):
-    """No Docker engine answers and the environment says one is required."""
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -57,10 +52,6 @@ def docker_unreachable_reason(timeout: float = 3.0) -> str | None:
     return None
 
 
-def docker_reachable(timeout: float = 3.0) -> bool:
-    return docker_unreachable_reason(timeout) is None
-
-
 def docker_required() -> bool:
     """True when a missing engine must fail tests instead of skipping them (CI or PREMD_REQUIRE_DOCKER)."""
     ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
@@ -70,31 +61,3 @@ def docker_required() -> bool:
 
 def unavailable_message(reason: str) -> str:
     return f"{reason}. Run `sudo {INSTALL_SCRIPT}` to install and start Docker (docker.io), then re-run the tests."
-
-
-def start_engine_with_script(timeout: float = 300.0) -> None:
-    """Run scripts/install-system-deps.sh (root only): installs missing packages and starts dockerd."""
-    if os.geteuid() != 0:
-        raise DockerUnavailableError(unavailable_message("not root, cannot start dockerd"))
-    proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise DockerUnavailableError(f"{INSTALL_SCRIPT} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-
-
-def ensure_docker(autostart: bool | None = None) -> None:
-    """Raise :class:`DockerUnavailableError` unless an engine answers.
-
-    With *autostart* (default: env ``PREMD_TESTBED_START_DOCKER=1``) and root, run the install
-    script first.
-    """
-    reason = docker_unreachable_reason()
-    if reason is None:
-        return
-    if autostart is None:
-        autostart = os.environ.get("PREMD_TESTBED_START_DOCKER", "") == "1"
-    if autostart:
-        start_engine_with_script()
-        reason = docker_unreachable_reason()
-        if reason is None:
-            return
-    raise DockerUnavailableError(unavailable_message(reason))
