@@ -28,7 +28,6 @@ class BuildLog:
         self.attempt = attempt
         self.stage: PackageStage = "building"
         self.events: list[PackageEvent] = []
-        self._dropped = 0
 
     async def line(self, text: str) -> None:
         for part in text.splitlines() or [""]:
@@ -59,7 +58,6 @@ class BuildLog:
     def _keep(self, event: PackageEvent) -> None:
         if len(self.events) >= MAX_KEPT_LINES:
             del self.events[MAX_KEPT_LINES // 2]
-            self._dropped += 1
         self.events.append(event)
 
     def ndjson(self) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from common.docker_host import docker_host
+from common.docker_host import NO_CONNECTION_STATUS, docker_host
 from common.errors import AppError, Code, ConflictError, InternalError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ LABEL_TEST = "org.premd.builder.test"
 RUNTIME_PORT = 5000
 TMPFS_SIZE = "256m"
 PIDS_LIMIT = 512
-OUTPUT_LIMIT = 4096
-_NO_CONNECTION = 900  # aiodocker's status for "cannot connect to Docker"
 
 LineSink = Callable[[str], Awaitable[None]]
 
@@ -101,7 +99,7 @@ def _mapped(what: str) -> Iterator[None]:
     try:
         yield
     except aiodocker.DockerError as exc:
-        if exc.status == _NO_CONNECTION:
+        if exc.status == NO_CONNECTION_STATUS:
             raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: {exc.message}") from None
         raise InternalError(Code.DOCKER_ERROR, f"{what}: {exc.message}") from None
     except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError) as exc:

@@ -13,6 +13,8 @@ DOCKER_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "~/.docker/run/doc
 """Where an engine listens when DOCKER_HOST is unset (Linux, then Docker Desktop's per-user socket)."""
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 """Used when no engine is installed: calls fail with ``docker.unavailable`` until one listens there."""
+NO_CONNECTION_STATUS = 900
+"""aiodocker's ``DockerError.status`` for "cannot connect to the Docker engine"."""
 
 
 def docker_host(env: Mapping[str, str] | None = None, sockets: tuple[str, ...] = DOCKER_SOCKETS) -> str:

@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 from aiodocker.events import DockerEvents
 
-from common.docker_host import docker_host
+from common.docker_host import NO_CONNECTION_STATUS, docker_host
 from common.errors import (
     AppError,
     Code,
@@ -37,8 +37,6 @@ LABEL_SERVICE = "io.premd.service"
 LABEL_OPERATION = "io.premd.operation"
 LABEL_GENERATION = "io.premd.generation"
 _UNTAGGED = "<none>:<none>"
-_NO_CONNECTION = 900
-"""aiodocker's status for "cannot connect to the Docker engine"."""
 LABEL_HOME = "io.premd.home"
 """Where the premd that made the container keeps its state (data dir, or NATS URL): an instance id that
 changed at the same home is this premd after its data was wiped, not another premd sharing the engine."""
@@ -181,7 +179,7 @@ def _mapped(what: str, host: str, not_found: Code = Code.CONTAINER_NOT_FOUND) ->
         yield
     except aiodocker.DockerError as exc:
         message = f"{what}: {exc.message}"
-        if exc.status == _NO_CONNECTION:
+        if exc.status == NO_CONNECTION_STATUS:
             raise UnavailableError(Code.DOCKER_UNAVAILABLE, f"{what}: no Docker engine answers at {host}") from None
         if exc.status == 404:
             raise NotFoundError(not_found, message) from None
@@ -278,7 +276,7 @@ class DockerDriver:
                     total=int(detail.get("total") or 0),
                 )
         except aiodocker.DockerError as exc:
-            if exc.status == _NO_CONNECTION:
+            if exc.status == NO_CONNECTION_STATUS:
                 raise UnavailableError(
                     Code.DOCKER_UNAVAILABLE, f"pull {ref}: no Docker engine answers at {self.host}"
                 ) from None
