@@ -26,13 +26,13 @@ import aiohttp
 
 from common.docker_host import NO_CONNECTION_STATUS, docker_host
 from common.errors import AppError, Code, ConflictError, InternalError, UnavailableError
+from common.package_config import RUNTIME_PORT
 
 logger = logging.getLogger(__name__)
 
 LABEL_PACKAGE = "org.premd.package.id"
 LABEL_TEST = "org.premd.builder.test"
 """On test containers: the package id (a restarted builder removes what a killed one left)."""
-RUNTIME_PORT = 5000
 TMPFS_SIZE = "256m"
 PIDS_LIMIT = 512
 

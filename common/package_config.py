@@ -15,6 +15,8 @@ DEFAULT_ARCHITECTURES = ("cpu",)
 ARCHITECTURES = ("cpu", "gpu")
 # Artifact targets, one per architecture, named as the original did ("docker-cpu", "docker-gpu").
 TARGET_BY_ARCH = {"cpu": "docker-cpu", "gpu": "docker-gpu"}
+RUNTIME_PORT = 5000
+"""The port a package's image serves on: its runtime's ``PORT``, the builder's test calls, the catalog entry."""
 
 ExampleValue = str | int | float | bool | None
 

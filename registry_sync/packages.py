@@ -10,10 +10,10 @@ from collections.abc import Iterable
 
 from common.manifest import DockerImages, ImageEntry, Manifest
 from common.messages import CatalogEntry, PackageRecord
+from common.package_config import RUNTIME_PORT
 
 PACKAGES = "packages"
 """CatalogEntry.origin of services built from model packages."""
-RUNTIME_PORT = 5000
 INTERFACES = ["model-package"]
 """What the runtime serves: the original contract (/ping, /infer) and Cog's (/health-check, /predictions)."""
 ID_CHARS = 12

@@ -4,12 +4,11 @@ Pure except for ``prepare_wheelhouse``, which runs ``pip download`` (call it in 
 """
 
 from builder.image.base import resolve_base_image
-from builder.image.context import RUNTIME_PORT, build_network, render_build_context, render_dockerfile
+from builder.image.context import build_network, render_build_context, render_dockerfile
 from builder.image.errors import BuildError
 from builder.image.wheelhouse import prepare_wheelhouse
 
 __all__ = [
-    "RUNTIME_PORT",
     "BuildError",
     "build_network",
     "prepare_wheelhouse",

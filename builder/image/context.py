@@ -13,14 +13,14 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from builder.docker_driver import LABEL_PACKAGE
 from builder.image.runtime.premd_runtime import RUNTIME_VERSION
 from builder.image.wheelhouse import LOCK_FILE, installer_wheel
 from builder.package.compat import MATRIX
 from builder.package.inspection import InspectedPackage
-from common.package_config import PackageConfig, arch_of
+from common.package_config import RUNTIME_PORT, PackageConfig, arch_of
 
 RUNTIME_FILE = "premd_runtime.py"
-RUNTIME_PORT = 5000
 SITE_DIR = "/opt/premd/site"
 CODE_DIR = "/code"
 # Models run unprivileged; HOME points somewhere writable for caches.
@@ -92,7 +92,7 @@ def render_dockerfile(pkg: InspectedPackage, target: str, base_image: str, insta
         + " ".join(
             f"{key}={json.dumps(value)}"
             for key, value in (
-                ("org.premd.package.id", pkg.id),
+                (LABEL_PACKAGE, pkg.id),
                 ("org.premd.package.name", config.name),
                 ("org.premd.package.target", target),
                 ("org.premd.package.compat-matrix", MATRIX.version),

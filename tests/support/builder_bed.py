@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 
 from builder.component import Builder
+from builder.docker_driver import LABEL_PACKAGE
 from common.settings import Settings
 from tests.support.components import Client, gateway, running
 from tests.support.packages import FileContent, write_package_zip
@@ -96,9 +97,9 @@ async def package_api(settings: Settings, docker: aiodocker.Docker) -> AsyncIter
 
 async def remove_package_images(docker: aiodocker.Docker, package_ids: list[str]) -> None:
     """Remove the images (every tag) the builds of these packages made."""
-    for image in await docker.images.list(filters={"label": ["org.premd.package.id"]}):
+    for image in await docker.images.list(filters={"label": [LABEL_PACKAGE]}):
         labels = image.get("Labels") or {}
-        if labels.get("org.premd.package.id") in package_ids:
+        if labels.get(LABEL_PACKAGE) in package_ids:
             try:
                 await docker.images.delete(image["Id"], force=True)
             except aiodocker.DockerError:
