@@ -30,6 +30,7 @@ from scripts.deploy_build import DEPLOY, prepare
 from tests.support.bus_users import RawClient
 from tests.support.images import in_registry
 from tests.support.registry_files import chat_manifest
+from tests.support.scheduler_bed import cleanup_service
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.sse import iter_sse
 from tests.testbed.util import StopWaiting, free_port, wait_until
@@ -211,13 +212,7 @@ async def test_compose_stack(compose_stack: Stack, pushed_chat: str, docker: aio
 
         await assert_bus_authorized(stack)
     finally:
-        for container in await docker.containers.list(all=True, filters=json.dumps({"name": [service_id]})):
-            await container.delete(force=True)
-        try:
-            volume = await docker.volumes.get(f"prem-{service_id}-data")  # type: ignore[no-untyped-call]
-            await volume.delete()
-        except aiodocker.DockerError:
-            pass
+        await cleanup_service(docker, service_id)
 
     await asyncio.to_thread(stack.compose, "down", "-v", "--remove-orphans")
     assert await project_objects(docker, stack.project) == {"containers": [], "networks": [], "volumes": []}

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.images import in_registry
 from tests.support.registry_files import chat_manifest
+from tests.support.scheduler_bed import cleanup_service
 from tests.testbed.oci_registry import OciRegistry
 from tests.testbed.sse import SseEvent, iter_sse
 from tests.testbed.util import StopWaiting, free_port, wait_until
@@ -152,10 +153,4 @@ async def test_prem_app_flow(tmp_path: Path, pushed_image: str, docker: aiodocke
             assert resp.status == 200 and service["downloaded"] is True
     finally:
         assert await _stop(proc) == 0
-        for container in await docker.containers.list(all=True, filters={"name": [service_id]}):
-            await container.delete(force=True)
-        try:
-            volume = await docker.volumes.get(f"prem-{service_id}-data")  # type: ignore[no-untyped-call]
-            await volume.delete()
-        except aiodocker.DockerError:
-            pass
+        await cleanup_service(docker, service_id)
