@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -18,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from tests.testbed.util import free_port as free_port  # re-exported: the suites' one free_port
+from tests.testbed.util import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -129,27 +131,9 @@ class Progress:
 # ---------------------------------------------------------------- processes and ports
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_ok(url: str, deadline_s: float = DEADLINE_S) -> None:
     """Until ``url`` answers 200 (a process the bench started is ready)."""
-    deadline = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer 200 within {deadline_s} s")
-            await asyncio.sleep(0.05)  # poll interval
+    await wait_http_ok(url, deadline_s=deadline_s, interval=0.05)
 
 
 async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
