@@ -157,7 +157,7 @@ def package_events_filter(package_id: str) -> str:
 
 
 def package_log_object(package_id: str) -> str:
-    """OBJ_LOGS name of a package's last build log (NDJSON, one PackageLogLine per line)."""
+    """OBJ_LOGS name of a package's last build log (NDJSON, one PackageEvent per line)."""
     return f"pkg.{package_id}.log"
 
 

@@ -77,7 +77,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def resolve(app: web.Application, service_id: str) -> str:
-    """``host:port`` of a ready service, or the EdgeError saying why it cannot take requests."""
+    """``host:port`` of a ready service, else raises the ApiError saying why it cannot take requests."""
     view = app[VIEW]
     state = view.state(service_id)
     if state is None:
