@@ -33,8 +33,6 @@ Rep = TypeVar("Rep", bound=msgspec.Struct)
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
-MAX_PAYLOAD = 8 * 1024 * 1024
-"""The embedded and test servers allow 8 MiB messages (a registry snapshot entry can be large)."""
 
 
 async def connect(url: str, name: str, credentials: BusCredentials | None = None) -> NATS:

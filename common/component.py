@@ -6,8 +6,8 @@ import abc
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
+import os
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.micro.service import Service
 
 from common import bus, nats_auth
-from common.errors import SettingsError
+from common.entry import load_settings, stop_on_signals
 from common.jetstream import ensure_resources
 from common.logs import setup_logging
 from common.loop import run as run_loop
@@ -100,15 +100,6 @@ class Running:
             logger.info("%s stopped", comp.name)
 
 
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (installed on the running loop)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 # --- SIGTERM during start-up (issue 9) ---
 
 
@@ -133,31 +124,88 @@ async def unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event, g
     return False
 
 
-def load_settings() -> Settings:
-    """Settings for an entry point: a bad value ends the process with one line naming the variable."""
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        print(f"premd: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def main_for(cls: ComponentType) -> None:
     """``python -m <component>``: run one component against PREMD_NATS_URL (or the local default)."""
     settings = load_settings()
     setup_logging(settings.log_level)
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
 
+    async def start(running: Running) -> None:
+        await wait_for_bus(url, BUS_WAIT_S)
+        await running.start(url, [cls])
+
     async def run() -> None:
         stop = stop_on_signals()
         running = Running(settings)
         try:
-            if await unless_stopped(running.start(url, [cls]), stop, settings.shutdown_timeout_s):
+            if await unless_stopped(start(running), stop, settings.shutdown_timeout_s):
                 await stop.wait()
         finally:
             await running.stop()
+            await end_stragglers(STRAGGLERS_S)
 
     run_loop(run())
+
+
+# --- serveproc: a component process may start before its bus, and always ends (issue 13) ---
+
+STRAGGLERS_S = 5.0
+
+
+async def end_stragglers(bound: float) -> None:
+    """Cancel the tasks still left once the component stopped (the NATS client's, mostly), within ``bound``.
+
+    asyncio.run would wait for them without a bound: a library task that swallows its cancellation (seen when
+    the bus vanished while the component stopped) kept a component process alive after premd was gone.
+    """
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _, pending = await asyncio.wait(left, timeout=bound)
+    if pending:
+        logger.warning("%d task(s) ignored cancellation at exit: %s", len(pending), [t.get_name() for t in pending])
+        logging.shutdown()
+        os._exit(0)  # the component stopped: nothing of its state is in these tasks
+
+
+BUS_WAIT_S = 30.0
+"""How long ``python -m <component>`` waits for its NATS to accept connections before connecting anyway (and
+failing with the client's own error). ``premd serve`` starts the gateway while the embedded nats-server
+starts, so that the gateway's imports and the server's JetStream recovery overlap."""
+BUS_POLL_S = 0.02
+
+
+async def wait_for_bus(url: str, timeout: float) -> None:
+    """Until the (first) server of ``url`` accepts a TCP connection, at most ``timeout``.
+
+    A plain socket, not the NATS client: its failed attempts would each log an error.
+    """
+    try:
+        first = urllib.parse.urlsplit(url.split(",")[0].strip())
+        host, port = first.hostname or "127.0.0.1", first.port or 4222
+    except ValueError:  # not a URL this can read: the client reports it
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    said = False
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if loop.time() >= deadline:
+                return
+            if not said:
+                logger.info("waiting for NATS at %s:%d", host, port)
+                said = True
+            await asyncio.sleep(BUS_POLL_S)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
 
 
 class ServiceComponent(Component):

@@ -15,10 +15,9 @@ import re
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
-from common.bus import MAX_PAYLOAD
+from common.restarts import MAX_RESTARTS, WINDOW_S, RestartBudget
 
 logger = logging.getLogger(__name__)
 server_log = logging.getLogger("nats-server")
@@ -30,6 +29,8 @@ _NOTEWORTHY = re.compile(rb"\[(?:FTL|ERR|WRN)\] ")
 _PR_SET_PDEATHSIG = 1
 STDERR_LINES_KEPT = 200
 """The server's last stderr lines kept in memory, quoted when it dies (it logs to stderr only)."""
+MAX_PAYLOAD = 8 * 1024 * 1024
+"""The embedded and test servers allow 8 MiB messages (a registry snapshot entry can be large)."""
 
 
 class NatsServerError(RuntimeError):
@@ -45,10 +46,13 @@ def nats_server_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    # Linux: if premd is killed hard (SIGKILL), the kernel sends the child SIGTERM: no orphan broker.
+def die_with_parent() -> None:
+    """A ``preexec_fn``: if premd is killed hard (SIGKILL), the kernel sends the child SIGTERM (Linux): no orphan."""
+    parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody would send the signal
+        os._exit(1)
 
 
 def _explain(output: str) -> str:
@@ -98,7 +102,7 @@ class EmbeddedNats:
             str(conf),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Own process group: a Ctrl-C or a group-wide SIGTERM reaches premd, which stops the broker
             # last, after the components drained through it.
             start_new_session=True,
@@ -147,14 +151,16 @@ class EmbeddedNats:
         """The server's last stderr lines (why it died, when it says so)."""
         return b"".join(list(self._stderr)[-lines:]).decode(errors="replace").rstrip()
 
-    async def supervise(self, max_restarts: int = 5, window_s: float = 60.0, start_timeout: float = 20.0) -> None:
+    async def supervise(
+        self, max_restarts: int = MAX_RESTARTS, window_s: float = WINDOW_S, start_timeout: float = 20.0
+    ) -> None:
         """Restart the server whenever it dies, on the same port and store (JetStream recovers from disk).
 
         The components' connections reconnect by themselves (endless reconnects). Returns when ``stop`` ended the
         server; raises NatsServerError when it cannot be brought back: more than ``max_restarts`` deaths within
         ``window_s``, or a restart that fails.
         """
-        deaths: collections.deque[float] = collections.deque()
+        budget = RestartBudget(max_restarts, window_s)
         while True:
             proc = self._proc
             if proc is None:
@@ -171,16 +177,12 @@ class EmbeddedNats:
             self._proc = None
             restarted = False
             while not restarted:
-                now = time.monotonic()
-                deaths.append(now)
-                while deaths and deaths[0] < now - window_s:
-                    deaths.popleft()
-                if len(deaths) > max_restarts:
+                delay = budget.died()
+                if delay is None:
                     raise NatsServerError(
-                        f"nats-server died {len(deaths)} times within {window_s:g} s (last: {how}); giving up"
+                        f"nats-server died {budget.recent} times within {window_s:g} s (last: {how}); giving up"
                     )
-                # A short pause, growing with each recent death: a crash loop must not spin the CPU.
-                await asyncio.sleep(0.1 * 2 ** (len(deaths) - 1))
+                await asyncio.sleep(delay)
                 try:
                     await self.start(timeout=start_timeout)
                     restarted = True

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 
 from common.version import VERSION
-from premd.commands.base import add_client_options
 
 COMMAND_MODULES: tuple[str, ...] = (
     "premd.serve",
@@ -32,17 +31,26 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="premd", description="Run AI model services on this machine.")
     parser.add_argument("--version", action="version", version=f"premd {VERSION}")
-    add_client_options(parser, root=True)
+    if modules != SERVE_ONLY:
+        from premd.commands.base import add_client_options  # the HTTP client: what serve does not need
+
+        add_client_options(parser, root=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
+# --- serveproc: `premd serve` parses only its own command (issue 13) ---
+SERVE_ONLY = ("premd.serve",)
+"""``premd serve ...`` loads no client command (httpx and the rest): its exec to a healthy GET /v1/ is measured."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = build_parser(SERVE_ONLY if given[:1] == ["serve"] else COMMAND_MODULES).parse_args(given)
     run: Callable[[argparse.Namespace], int] = args.run
     sys.exit(run(args))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common import subjects
-from common.component import load_settings
+from common.entry import load_settings
 from common.nats_auth import (
     BusCredentials,
     credentials_dir,

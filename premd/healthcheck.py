@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 from common import bus, nats_auth, subjects
-from common.component import load_settings
+from common.entry import load_settings
 from common.settings import Settings
 
 HEALTH_CREDENTIALS = "/run/premd/health/reader.json"

@@ -176,6 +176,15 @@ def daemon(
                 return False
 
         wait_until_sync(listed, timeout=60, what="premd serving the registry")
+
+        def ready() -> bool:  # every component's process is up (the gateway lists services before they are)
+            try:
+                with urllib.request.urlopen(f"{url}/readyz") as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        wait_until_sync(ready, timeout=60, what="premd ready")
         yield bed
     finally:
         bed.cli("stop", chat)

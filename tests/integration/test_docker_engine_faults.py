@@ -81,10 +81,11 @@ async def _wait_http(tmp_path: Path, proc: asyncio.subprocess.Process, port: int
     async def up() -> bool:
         if proc.returncode is not None:
             raise StopWaiting(f"premd exited with {proc.returncode}: {_log(tmp_path)}")
-        status, _ = await _get(port, "/v1/")
+        # /readyz, not GET /v1/: the gateway answers that before the other components' processes are up
+        status, _ = await _get(port, "/readyz")
         return status == 200
 
-    await wait_until(up, deadline_s=deadline_s, interval=0.1, what="premd's HTTP")
+    await wait_until(up, deadline_s=deadline_s, interval=0.1, what="premd's HTTP and every component")
 
 
 @contextlib.asynccontextmanager
