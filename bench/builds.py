@@ -12,7 +12,6 @@ the same local registry. premd's side is measured from the upload request to ``S
 from __future__ import annotations
 
 import asyncio
-import statistics
 import subprocess
 import tempfile
 import time
@@ -101,10 +100,6 @@ async def _reupload(client: Any, data: bytes, samples: int) -> list[float]:
         assert resp.status == 200
         times.append(time.perf_counter() - started)
     return times
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
