@@ -132,6 +132,12 @@ def goals(figures: dict[str, Figure]) -> list[dict[str, Any]]:
     if rss and rss.runs:
         value = statistics.median(rss.samples) / 1e6
         add("premd serve RSS idle under 80 MB", f"{value:.0f} MB", value < 80)
+    # --- serveproc: the gateway's loop in premd serve while registry_sync validates (issue 13) ---
+    idle, busy = figures.get("serve.loop.idle"), figures.get("serve.loop.busy")
+    if idle and busy and idle.runs and busy.runs:
+        gap = (percentile(busy.samples, 0.99) - percentile(idle.samples, 0.99)) * 1000
+        goal = "premd serve: GET /v1/ p99 within 1 ms of idle while 10,000 manifests are validated"
+        add(goal, f"{gap:+.2f} ms", gap <= 1)
     return out
 
 
