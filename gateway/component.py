@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from nats.micro.service import Service
 
@@ -11,6 +13,8 @@ from common.version import VERSION
 from gateway.app import create_app
 from gateway.forwarding import Front
 
+logger = logging.getLogger(__name__)
+
 
 class Gateway(Component):
     name = subjects.GATEWAY
@@ -18,7 +22,6 @@ class Gateway(Component):
     _runner: web.AppRunner | None = None
     _service: Service | None = None
     _front: Front | None = None
-    _port = 0
 
     async def start(self) -> None:
         # No commands: registered so that $SRV.PING / $SRV.INFO / $SRV.STATS find the gateway like the others.
@@ -28,13 +31,8 @@ class Gateway(Component):
         await self._runner.setup()
         # The listening socket is the byte-stream proxy's; it hands every other request to aiohttp.
         self._front = Front(self._runner, app)
-        self._port = await self._front.start(self.settings.host, self.settings.port)
-
-    @property
-    def bound_port(self) -> int:
-        if not self._port:
-            raise RuntimeError("gateway not listening")
-        return self._port
+        port = await self._front.start(self.settings.host, self.settings.port)
+        logger.info("gateway listening on http://%s:%d", self.settings.host, port)  # PREMD_PORT=0 picks one
 
     async def stop(self) -> None:
         if self._front is not None:

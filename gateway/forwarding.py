@@ -356,6 +356,8 @@ class Exchange:
         assert conn.transport is not None
         conn.transport.writelines(self.pending)
         self.pending = []
+        if self.front.writing_paused:  # the client still has not read an earlier answer: hold this one back too
+            conn.transport.pause_reading()
 
     # service -> client
     def upstream_data(self, data: bytes) -> None:
@@ -576,7 +578,7 @@ class FrontConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.keep_alive = True
         self._paused: set[str] = set()
-        self._writing_paused = False
+        self.writing_paused = False
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -600,12 +602,12 @@ class FrontConnection(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
         if self.exchange is not None:
             self.exchange.pause_upstream()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         if self.exchange is not None:
             self.exchange.resume_upstream()
 
