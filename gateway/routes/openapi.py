@@ -132,7 +132,10 @@ def _operation(op: _Op, schemas: dict[Any, Json], secured: bool) -> Json:
             schema = {"anyOf": [schema, {"$ref": REF_TEMPLATE.format(name=ValidationErrorResponse.__name__)}]}
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": schema}}}
     if secured:
-        responses.setdefault("401", {"description": "missing or wrong bearer token"})
+        # reliability (issue 9): the guard refuses in premd's envelope on every route (OpenAI ones too), and
+        # fuzzing with and without the token checks the 401s against this schema.
+        refused = {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(name=ErrorResponse.__name__)}}}
+        responses.setdefault("401", {"description": "missing or wrong bearer token", "content": refused})
     out["responses"] = responses
     if op.path in _HEALTH_PATHS:
         out["security"] = []
