@@ -2,9 +2,11 @@
 unavailable (host facts, ``docker.unavailable`` naming the socket) and converges once it is back.
 
 The machine's shared dockerd is never touched (other test runs use it): the test starts a private second
-dockerd of its own (own socket, data root, exec root and pid file; no bridge, no iptables rules), loads the
-reference service image into it, and points the scheduler at it with ``DOCKER_HOST``. Without a bridge a
-container has no network, so the service here publishes no port: it is ready once its container runs.
+dockerd of its own (own socket, data root, exec root and pid file, no iptables rules), loads the reference
+service image into it, and points the scheduler at it with ``DOCKER_HOST``. Its default network is a bridge
+interface the test creates (and deletes) under a name of its own. Not ``--bridge=none``: a dockerd started
+with it deletes the ``docker0`` interface at start-up (it takes it for its own stale bridge), which cuts the
+shared engine's containers off and fails every start there until ``docker0`` is made again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,7 +48,7 @@ from tests.support.scheduler_bed import (
     running_scheduler,
     wait_observed,
 )
-from tests.testbed.util import StopWaiting, wait_until
+from tests.testbed.util import StopWaiting, free_port, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -58,12 +61,17 @@ class PrivateEngine:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="premd-dockerd-", dir="/tmp"))
+        self.bridge = f"premd-{uuid.uuid4().hex[:8]}"
+        """Its own bridge interface (15 characters at most); dockerd gives it a subnet no other network uses."""
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.log = self.root / "dockerd.log"
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        if not self._bridge_exists():
+            await _run("ip", "link", "add", "name", self.bridge, "type", "bridge")
+            await _run("ip", "link", "set", self.bridge, "up")
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 DOCKERD,
@@ -71,10 +79,11 @@ class PrivateEngine:
                 f"--data-root={self.root / 'data'}",
                 f"--exec-root={self.root / 'exec'}",
                 f"--pidfile={self.root / 'docker.pid'}",
-                "--bridge=none",
+                f"--bridge={self.bridge}",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--ip-masq=false",
+                "--ip-forward=false",
                 stdout=out,
                 stderr=out,
             )
@@ -122,6 +131,11 @@ class PrivateEngine:
             umount = await asyncio.create_subprocess_exec("umount", "-l", mount)
             await umount.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._bridge_exists():
+            await _run("ip", "link", "del", self.bridge)
+
+    def _bridge_exists(self) -> bool:
+        return _interface_exists(self.bridge)
 
     def _processes(self) -> list[int]:
         found = []
@@ -135,6 +149,16 @@ class PrivateEngine:
     def _mounts(self) -> list[str]:
         lines = Path("/proc/mounts").read_text().splitlines()
         return [fields[1] for line in lines if (fields := line.split()) and fields[1].startswith(str(self.root))]
+
+
+async def _run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, (argv, out.decode(errors="replace"))
+
+
+def _interface_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
 
 
 def _dead(pid_file: Path) -> bool:
@@ -189,11 +213,11 @@ async def test_dockerd_killed_and_restarted_is_reported_then_converged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sid = new_service_id("dockerd")
-    # No port (no network without a bridge), no volume: ready once the container runs.
-    await put_catalog(js, ref_manifest(sid, ref_image, defaultPort=None, defaultExternalPort=None, volumePath=None))
+    await put_catalog(js, ref_manifest(sid, ref_image, defaultExternalPort=free_port(), volumePath=None))
     quick = msgspec.structs.replace(
         settings, host_facts_interval_s=0.5, reconcile_interval_s=1.0, crash_backoff_s=0.2, docker_timeout_s=5.0
     )
+    shared_bridge = _interface_exists("docker0")  # the machine's engine's, which the private one must not touch
     async with private_engine(ref_image) as engine:
         monkeypatch.setenv("DOCKER_HOST", engine.host)
         async with running_scheduler(quick) as scheduler, aiodocker.Docker(url=engine.host) as private:
@@ -237,6 +261,7 @@ async def test_dockerd_killed_and_restarted_is_reported_then_converged(
             assert [s.id for s in stats.stats] == [sid], stats
             for c in await private.containers.list(all=True):
                 await c.delete(force=True)
+    assert _interface_exists("docker0") == shared_bridge
 
 
 async def _observed(js: JetStreamContext, sid: str) -> ServiceState | None:

@@ -72,7 +72,8 @@ async def _schemathesis(tmp_path: Path, name: str, *args: str) -> str:
 
 TOKEN = "fuzz-" + "t" * 27
 TOKEN_EXAMPLES = 2
-"""Fewer than the open run: the handlers behind the guard are the same; what differs is the guard."""
+"""Fewer than the open run, and no coverage phase: the handlers behind the guard are the same (the open run
+covers them); what differs is the guard, which every case passes through."""
 
 
 @pytest.mark.docker
@@ -98,7 +99,7 @@ async def test_every_route_holds_its_schema_under_fuzzing_with_an_api_token(tmp_
             "--header", f"Authorization: Bearer {TOKEN}",
             "--checks", CHECKS + ",ignored_auth",
             "--max-examples", str(TOKEN_EXAMPLES),
-            "--phases", "examples,coverage,fuzzing",
+            "--phases", "examples,fuzzing",
         )  # fmt: skip
         await _schemathesis(
             tmp_path, "without-token", str(schema), *common,
