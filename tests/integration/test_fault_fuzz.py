@@ -71,7 +71,7 @@ async def _schemathesis(tmp_path: Path, name: str, *args: str) -> str:
 
 
 TOKEN = "fuzz-" + "t" * 27
-TOKEN_EXAMPLES = 2
+TOKEN_EXAMPLES = 3
 """Fewer than the open run, and no coverage phase: the handlers behind the guard are the same (the open run
 covers them); what differs is the guard, which every case passes through."""
 
