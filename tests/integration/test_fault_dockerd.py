@@ -242,18 +242,25 @@ async def test_dockerd_killed_and_restarted_is_reported_then_converged(
             await wait_until(docker_reported(js, True), deadline_s=30, what="docker reported back")
             # Converged: the service runs (the restarted daemon stopped its container: it is started again),
             # one container, the one the observed state names.
-            state = await wait_observed(js, sid, lambda s: s.ready and s.container_id is not None, timeout=90)
+            # (The observed state still says ready in the old container until the scheduler sees it stopped: the
+            # state and the engine are compared together, each poll.)
+            seen: tuple[ServiceState | None, list[str]] = (None, [])
 
-            async def one_running() -> bool:
-                mine = [
-                    c for c in await private.containers.list(all=True) if c["Labels"].get("io.premd.service") == sid
-                ]
-                running = [c for c in mine if c["State"] == "running"]
-                return len(mine) == 1 and [c["Id"] for c in running] == [state.container_id]
+            async def one_running_as_observed() -> bool:
+                nonlocal seen
+                state = await _observed(js, sid)
+                listed = await private.containers.list(all=True)
+                mine = [c for c in listed if c["Labels"].get("io.premd.service") == sid]
+                running = [c["Id"] for c in mine if c["State"] == "running"]
+                seen = (state, [f"{c['Id'][:12]} {c['State']}" for c in mine])
+                return state is not None and state.ready and len(mine) == 1 and running == [state.container_id]
 
-            await wait_until(one_running, deadline_s=60, what="one running container, as observed")
-            final = await _observed(js, sid)
-            assert final is not None and final.ready and final.container_id == state.container_id
+            try:
+                await wait_until(one_running_as_observed, deadline_s=90, what="one running container, as observed")
+            except TimeoutError:
+                raise AssertionError(f"not converged: {seen}") from None
+            final = seen[0]
+            assert final is not None and final.phase == "ready", final
             assert final.restarts >= (1 if final.container_id != before.container_id else 0), final
             stats = await bus.request(
                 nc, subjects.SCHEDULER_CONTAINER_STATS, GetContainerStats(), ContainerStatsList, 10
