@@ -290,9 +290,22 @@ async def _fan_out(
         async with asyncio.timeout(30):
             await watch.connected.wait()
             await subscribed.wait()
+        started: asyncio.Queue[OperationEvent] = asyncio.Queue()
+
+        async def on_event(msg: Msg) -> None:
+            event = codec.decode(msg.data, OperationEvent)
+            if event.kind == "start" and event.type in ("succeeded", "failed"):
+                started.put_nowait(event)
+
+        sub = await nc.subscribe(subjects.service_events_filter(service_id), cb=on_event)
         for _ in range(runs):
             await bus.request(nc, subjects.SCHEDULER_START, StartService(service_id=service_id), OperationAccepted, 30)
+            # The start operation over (its last event), not only the service ready: while an operation owns a
+            # service the scheduler's passes leave it alone, so a death in that window waits for the next relist.
             async with asyncio.timeout(DEADLINE_S):
+                outcome = await started.get()
+                if outcome.type != "succeeded":
+                    raise RuntimeError(f"premd could not start the service: {outcome.message or outcome.status}")
                 while True:
                     state, _ = await kv_get(kv, service_id, ServiceState)
                     if state is not None and state.ready and state.container_id:
@@ -311,6 +324,7 @@ async def _fan_out(
                         break
                 premd.append(await watch.states.get() - t0)
             await bus.request(nc, subjects.SCHEDULER_STOP, StopService(service_id=service_id), ServiceStopped, 30)
+        await sub.unsubscribe()
     finally:
         for task in tasks:
             task.cancel()
