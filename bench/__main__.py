@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import builds, bus, gateway, lifecycle, openai_sdk, packages, registry, scheduler, serve
 from bench.core import RESULTS, Figure, Progress, machine
-from bench.report import write
+from bench.report import load_samples, save_samples, write
 
 Suite = Callable[[dict[str, Figure], Progress, bool, int], Awaitable[None]]
 SUITES: dict[str, tuple[Suite, int]] = {
@@ -45,20 +46,30 @@ FIXED_STEPS = {
 }
 
 
-async def main(only: list[str], quick: bool, reps: int, out: Path) -> None:
+async def main(only: list[str], quick: bool, reps: int, out: Path, keep: bool = False) -> None:
     details = machine()
     figures: dict[str, Figure] = {}
     notes: list[str] = []
+    # --keep: the figures of suites not run now come from the last run's samples
+    suite_of: dict[str, str] = {}
+    when: dict[str, str] = {}
+    if keep:
+        figures, suite_of, when = load_samples(out, only)
+        for suite, at in sorted(when.items()):
+            notes.append(f"suite {suite!r}: figures kept from its run at {at} (--keep)")
     total = sum(SUITES[name][1] * reps + FIXED_STEPS[name] for name in only)
     progress = Progress(total)
     for name in only:
         run, _ = SUITES[name]
+        when[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         try:
             await run(figures, progress, quick, reps)
         except Exception as exc:  # a suite that cannot run here (no Docker) is reported, the others go on
             notes.append(f"suite {name!r} did not complete: {exc!r}")
             progress.say(f"{name}: {exc!r}")
         write(out, details, figures, reps, quick, notes)  # after every suite: an interrupted run keeps its figures
+        suite_of.update({key: name for key in figures if key not in suite_of})
+        save_samples(out, figures, suite_of, when)
     progress.say(f"wrote {out / 'report.md'} and {out / 'report.json'}")
 
 
@@ -68,13 +79,16 @@ def cli() -> None:
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3, quick 1)")
     parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites of {', '.join(SUITES)}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the last run's figures of the suites not run now (samples.json)"
+    )
     args = parser.parse_args()
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in only if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s): {', '.join(unknown)}")
     reps = args.reps or (1 if args.quick else 3)
-    asyncio.run(main(only, args.quick, reps, args.out))
+    asyncio.run(main(only, args.quick, reps, args.out, args.keep))
 
 
 if __name__ == "__main__":

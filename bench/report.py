@@ -243,3 +243,53 @@ def plot(out: Path, figures: dict[str, Figure]) -> None:
     fig.tight_layout()
     fig.savefig(out / "listing.png", dpi=100)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- kept samples (``python -m bench --keep``)
+
+SAMPLES = "samples.json"
+"""Every figure's samples and the suite that measured it: a later run with ``--keep`` reruns some suites and
+keeps the others' figures, so one report holds every suite without running them all again."""
+
+
+def save_samples(out: Path, figures: dict[str, Figure], suite_of: dict[str, str], when: dict[str, str]) -> None:
+    document = {
+        key: {
+            "suite": suite_of.get(key, ""),
+            "measured": when.get(suite_of.get(key, ""), ""),
+            "title": fig.title,
+            "unit": fig.unit,
+            "runs": fig.runs,
+            "baseline": fig.baseline,
+            "goal": fig.goal,
+            "higher_is_better": fig.higher_is_better,
+        }
+        for key, fig in figures.items()
+        if fig.runs
+    }
+    (out / SAMPLES).write_text(json.dumps(document, separators=(",", ":")) + "\n")
+
+
+def load_samples(out: Path, rerun: list[str]) -> tuple[dict[str, Figure], dict[str, str], dict[str, str]]:
+    """The figures of the last run's suites that are not run again: (figures, suite of each, when each ran)."""
+    path = out / SAMPLES
+    if not path.exists():
+        return {}, {}, {}
+    figures: dict[str, Figure] = {}
+    suite_of: dict[str, str] = {}
+    when: dict[str, str] = {}
+    for key, row in json.loads(path.read_text()).items():
+        if row["suite"] in rerun or not row["suite"]:
+            continue
+        figures[key] = Figure(
+            key,
+            row["title"],
+            unit=row["unit"],
+            runs=row["runs"],
+            baseline=row["baseline"],
+            goal=row["goal"],
+            higher_is_better=row["higher_is_better"],
+        )
+        suite_of[key] = row["suite"]
+        when[row["suite"]] = row["measured"]
+    return figures, suite_of, when

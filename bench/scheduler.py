@@ -13,6 +13,7 @@ Part of ``python -m bench``. Needs the Docker engine and the reference image (bu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -119,6 +120,13 @@ async def _plain_once(docker: aiodocker.Docker, http: aiohttp.ClientSession, ima
         await container.delete(force=True)
 
 
+async def _remove_service_containers(service_id: str) -> None:
+    async with aiodocker.Docker() as docker:
+        filters = json.dumps({"label": [f"io.premd.service={service_id}"]})
+        for container in await docker.containers.list(all=True, filters=filters):
+            await container.delete(force=True)
+
+
 async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps: int) -> None:
     runs = 3 if quick else 5 * reps
     progress.step(f"scheduler: create-to-ready, {runs} starts each way")
@@ -130,9 +138,9 @@ async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREMD_", "PREM_"))}
         env.update(PREMD_NATS_URL=server.url, PREMD_LOG_LEVEL="WARNING")
         proc = None
+        service_id = f"bench-{uuid.uuid4().hex[:8]}"
         try:
             nc = await nats.connect(server.url)
-            service_id = f"bench-{uuid.uuid4().hex[:8]}"
             raw = {
                 "id": service_id,
                 "name": "Bench",
@@ -160,6 +168,7 @@ async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps:
             if proc is not None and proc.returncode is None:
                 proc.terminate()
                 await proc.wait()
+            await _remove_service_containers(service_id)  # a run cut short leaves the last start's container
             await server.stop()
     plain_fig = figures.setdefault(
         "lifecycle.ready.plain", Figure("lifecycle.ready.plain", "create-to-ready: aiodocker create + start + poll")
