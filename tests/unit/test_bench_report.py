@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.core import Figure, added, percentile, ratio
-from bench.report import goals, write
+from bench.report import goals, load_samples, save_samples, write
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -91,3 +91,23 @@ def test_download_and_sse_memory_goals() -> None:
     figures["lifecycle.pull.premd"].runs = [[2.05]]
     met = {g["goal"]: g["met"] for g in goals(figures)}
     assert met == {pull["goal"]: True, sse["goal"]: False}
+
+
+def test_kept_samples_come_back_except_the_suites_run_again(tmp_path: Path) -> None:
+    figures = _figures()
+    figures["bus.bare"] = Figure("bus.bare", "bare", runs=[[0.001, 0.002]])
+    suite_of = {key: ("other" if key.startswith("bus") else "gateway") for key in figures}
+    save_samples(tmp_path, figures, suite_of, {"gateway": "2026-01-01 10:00 UTC", "other": "2026-01-01 11:00 UTC"})
+    kept, kept_suites, when = load_samples(tmp_path, rerun=["other"])
+    assert set(kept) == {key for key, suite in suite_of.items() if suite == "gateway"}
+    assert set(kept_suites.values()) == {"gateway"} and when == {"gateway": "2026-01-01 10:00 UTC"}
+    for key, fig in kept.items():
+        original = figures[key]
+        assert (fig.title, fig.unit, fig.runs, fig.baseline) == (
+            original.title,
+            original.unit,
+            original.runs,
+            original.baseline,
+        )
+    assert "bus.bare" not in kept and goals(kept) == goals(figures)
+    assert load_samples(tmp_path / "none", rerun=[]) == ({}, {}, {})
