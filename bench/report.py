@@ -222,14 +222,14 @@ def plot(out: Path, figures: dict[str, Figure]) -> None:
     sizes = [s for s in (1000, 10_000) if f"listing.{s}.facts" in figures]
     if not sizes:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     data, labels = [], []
     for size in sizes:
         cases = (
             ("steady", "unchanged"),
-            ("facts", "facts changed"),
-            ("revalidated", "If-None-Match"),
-            ("floor", "bare"),
+            ("facts", "facts\nchanged"),
+            ("revalidated", "If-None-\nMatch"),
+            ("floor", "bare\nserver"),
         )
         for case, label in cases:
             figure = figures.get(f"listing.{size}.{case}")
