@@ -125,10 +125,10 @@ async def _memory(pid: int) -> dict[str, float]:
     nats = [p for p, name in procs.items() if name == NATS]
     gateway = [p for p, name in procs.items() if name == b"-m gateway"]
     return {
-        "rss": float(sum(rss_bytes(p) for p in premd)),
-        "pss": float(sum(pss_bytes(p) for p in premd)),
-        "gateway": float(sum(rss_bytes(p) for p in gateway)),
-        "nats": float(sum(rss_bytes(p) for p in nats)),
+        "serve.rss": float(sum(rss_bytes(p) for p in premd)),
+        "serve.pss": float(sum(pss_bytes(p) for p in premd)),
+        "serve.rss.gateway": float(sum(rss_bytes(p) for p in gateway)),
+        "serve.rss.nats": float(sum(rss_bytes(p) for p in nats)),
         "processes": float(len(premd)),
     }
 
@@ -221,35 +221,33 @@ async def run(figures: dict[str, Figure], progress: Progress, quick: bool, reps:
         proc, _, _ = await _start(env)  # cold: creates the data directory, the streams and the bytecode cache
         await _listed(f"http://127.0.0.1:{env['PREMD_PORT']}/v1/services/", SERVICES, time.monotonic() + DEADLINE_S)
         await _stop(proc)
-        healthy: list[float] = []
-        ready: list[float] = []
-        memory: dict[str, list[float]] = {}
-        for _ in range(reps if quick else 3 * reps):
-            proc, to_health, to_ready = await _start(env)
-            healthy.append(to_health)
-            ready.append(to_ready)
-            await _listed(f"http://127.0.0.1:{env['PREMD_PORT']}/v1/services/", SERVICES, time.monotonic() + DEADLINE_S)
-            await asyncio.sleep(1.0)  # idle, as the figure says
-            for key, value in (await _memory(proc.pid)).items():
-                memory.setdefault(key, []).append(value)
-            await _stop(proc)
-    title = "premd serve: exec to"
-    _figure(figures, "serve.startup", f"{title} healthy GET /v1/ (warm data dir)", "s", "under 1 s").add_run(healthy)
-    _figure(figures, "serve.ready", f"{title} /readyz 200, every component (warm data dir)", "s").add_run(ready)
-    count = int(memory["processes"][0])
+        runs: list[dict[str, list[float]]] = []  # per repetition: 1 start (quick) or 3
+        for _ in range(reps):
+            run_: dict[str, list[float]] = {}
+            for _ in range(1 if quick else 3):
+                proc, to_health, to_ready = await _start(env)
+                base = f"http://127.0.0.1:{env['PREMD_PORT']}"
+                await _listed(f"{base}/v1/services/", SERVICES, time.monotonic() + DEADLINE_S)
+                await asyncio.sleep(1.0)  # idle, as the figure says
+                measured = {"serve.startup": to_health, "serve.ready": to_ready, **await _memory(proc.pid)}
+                for key, value in measured.items():
+                    run_.setdefault(key, []).append(value)
+                await _stop(proc)
+            runs.append(run_)
+    count = int(runs[0]["processes"][0])
     idle = f"idle, {SERVICES:,} services"
-    _figure(
-        figures, "serve.rss", f"premd serve RSS, {idle}: sum of its {count} processes", "bytes", "under 80 MB"
-    ).add_run(memory["rss"])
-    _figure(figures, "serve.pss", f"premd serve PSS, {idle}: sum of its {count} processes", "bytes").add_run(
-        memory["pss"]
-    )
-    _figure(figures, "serve.rss.gateway", f"premd serve RSS, {idle}: the gateway's process", "bytes").add_run(
-        memory["gateway"]
-    )
-    _figure(figures, "serve.rss.nats", f"premd serve RSS, {idle}: the embedded nats-server", "bytes").add_run(
-        memory["nats"]
-    )
+    kinds = {
+        "serve.startup": ("premd serve: exec to healthy GET /v1/ (warm data dir)", "s", "under 1 s"),
+        "serve.ready": ("premd serve: exec to /readyz 200, every component (warm data dir)", "s", ""),
+        "serve.rss": (f"premd serve RSS, {idle}: sum of its {count} processes", "bytes", "under 80 MB"),
+        "serve.pss": (f"premd serve PSS, {idle}: sum of its {count} processes", "bytes", ""),
+        "serve.rss.gateway": (f"premd serve RSS, {idle}: the gateway's process", "bytes", ""),
+        "serve.rss.nats": (f"premd serve RSS, {idle}: the embedded nats-server", "bytes", ""),
+    }
+    for key, (title, unit, goal) in kinds.items():
+        figure = _figure(figures, key, title, unit, goal)
+        for run_ in runs:
+            figure.add_run(run_[key])
     progress.say("premd serve: GET /v1/ while registry_sync validates 10,000 manifests")
     with tempfile.TemporaryDirectory(prefix="premd-bench-serve-loop-") as name:
         loop_env = dict(env, PREMD_DATA_DIR=str(Path(name) / "data"), PYTHONPYCACHEPREFIX=str(Path(name) / "pycache"))
