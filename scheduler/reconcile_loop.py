@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 
+import msgspec
+
 from common.errors import AppError, Code
 from common.fit import select_image
 from common.messages import CatalogEntry
@@ -42,6 +44,9 @@ _CONTAINER_ACTIONS = frozenset(
     {"create", "start", "die", "destroy", "stop", "kill", "oom", "pause", "unpause", "rename"}
 )
 _IMAGE_ACTIONS = frozenset({"pull", "delete", "tag", "untag", "import", "load"})
+_EXIT_ACTIONS = frozenset({"die", "oom"})
+"""Events after which the engine's container list may still say "running" for a while (it is updated once
+the container's network is torn down); inspect, which reads the container itself, already says it exited."""
 
 
 class Reconciler:
@@ -49,6 +54,8 @@ class Reconciler:
         self.d = deps
         self._ops = ops
         self._kick = asyncio.Event()
+        self._exited: set[str] = set()
+        """Containers Docker said died since the last pass: the pass asks each one's own state."""
         self._wake_at: float | None = None
         self._listed_at = 0.0
         """When the pass under way listed Docker."""
@@ -94,6 +101,8 @@ class Reconciler:
             try:
                 async for event in self.d.driver.events():
                     if self._relevant(event):
+                        if event.kind == "container" and event.action in _EXIT_ACTIONS:
+                            self._exited.add(event.object_id)
                         self.kick()
             except AppError as exc:
                 logger.warning("docker events: %s", exc.message)
@@ -113,7 +122,7 @@ class Reconciler:
 
     async def pass_once(self) -> None:
         self._listed_at = started = time.monotonic()
-        containers = await self.d.driver.containers()
+        containers = await self._with_exits(await self.d.driver.containers())
         tags = [t for image in await self.d.driver.images() for t in image.tags]
         entries = self.d.catalog.entries()
         known = known_services(entries)
@@ -132,6 +141,22 @@ class Reconciler:
         await self._forget(known, containers)
         self.passes += 1
         self.converged.set()
+
+    async def _with_exits(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+        """The listing, with each container Docker said died but the list still shows running as inspect sees it.
+
+        Without this, a crash waited for the next event or relist (up to ``reconcile_interval_s``) to be seen."""
+        exited, self._exited = self._exited, set()
+        out = []
+        for container in containers:
+            if container.id in exited and container.running:
+                status = await self.d.driver.status(container.id)
+                if status is None or not status.running:
+                    container = msgspec.structs.replace(
+                        container, state=status.status if status else "exited", host_port=None
+                    )
+            out.append(container)
+        return out
 
     async def refresh_downloads(self) -> None:
         tags = [t for image in await self.d.driver.images() for t in image.tags]
