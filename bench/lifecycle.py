@@ -7,8 +7,9 @@
 - Fan-out: a running premd service's container is killed. Baseline: the "die" event reaching a plain
   aiodocker events subscriber; premd: the scheduler's "state" event (the crash) reaching an SSE client of
   the gateway's ``/v1/events?service=<id>`` (Docker event -> scheduler pass -> JetStream -> gateway -> client).
-  What it showed: the pass the "die" event starts often still lists the container as running (the engine
-  sends the event before its list says "exited"), so the crash waits for the next event or the 10 s relist.
+  What it showed first: the pass the "die" event starts often still listed the container as running (the
+  engine's list lags its "die" event), so the crash waited for the next event or the 10 s relist; the
+  scheduler now inspects a container Docker said died (docs/performance.md).
 
 Part of ``python -m bench`` (suite ``lifecycle``). Needs the Docker engine and the test bed's images.
 """

@@ -23,8 +23,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from typing import NamedTuple
 
-import msgspec
-
+from common import codec
 from common.fit import MIB, Fit
 from common.messages import CatalogEntry, HostFacts, ServiceState
 from gateway.schemas import Service
@@ -117,7 +116,7 @@ class Listing:
             else:
                 fit = fit_of(entry, state, facts)
             service = service_json(entry, state, facts, proxy_base_url(scheme, host, service_id), fit)
-            pieces[service_id] = _Piece(entry, state, facts, fit, service, msgspec.json.encode(service))
+            pieces[service_id] = _Piece(entry, state, facts, fit, service, codec.encode(service))
         return pieces
 
     def one(self, service_id: str, scheme: str, host: str) -> Service | None:
