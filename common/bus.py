@@ -41,16 +41,21 @@ async def connect(url: str, name: str, credentials: BusCredentials | None = None
     With ``credentials``: as that bus user, with its own inbox prefix (the only one it may subscribe to).
     """
 
+    made: list[NATS] = []  # the client, once connected (the callbacks need it)
+
     async def _error(exc: Exception) -> None:
         logger.warning("nats (%s): %s", name, exc)
 
     async def _disconnected() -> None:
-        logger.warning("nats (%s): disconnected", name)
+        if made and made[0].is_closed:  # our own close (a stop), not a lost server: nothing to warn about
+            logger.debug("nats (%s): closed", name)
+        else:
+            logger.warning("nats (%s): disconnected", name)
 
     async def _reconnected() -> None:
         logger.info("nats (%s): reconnected", name)
 
-    return await nats.connect(
+    client = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -62,6 +67,8 @@ async def connect(url: str, name: str, credentials: BusCredentials | None = None
         reconnected_cb=_reconnected,
         **_auth(credentials),
     )
+    made.append(client)
+    return client
 
 
 def require_connected(nc: NATS, subject: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,14 +17,17 @@ from nats.js import JetStreamContext
 from builder.component import Builder
 from common import bus, subjects
 from common.component import Running, ServiceComponent
+from common.embedded_nats import EmbeddedNats
 from common.errors import Code, InvalidError, NotFoundError, UnavailableError
 from common.jetstream import KVMirror, kv_bucket
 from common.messages import Empty, RegistryList, RemoveVolume, ServiceIdentity, ServiceStats
+from common.nats_auth import credentials_path, read_credentials
 from common.settings import Settings
 from gateway.app import create_app
 from registry_sync.component import RegistrySync
 from scheduler.component import Scheduler
 from tests.support.bus_users import as_admin
+from tests.testbed.util import wait_until
 
 
 class Echo(msgspec.Struct, frozen=True):
@@ -195,3 +200,26 @@ async def test_a_failing_listener_does_not_freeze_a_kv_mirror(js: JetStreamConte
         assert mirror.values == {"a": Facts(n=1), "b": Facts(n=2), "d": Facts(n=4)}
     finally:
         await mirror.stop()
+
+
+async def test_closing_a_connection_is_not_reported_as_a_lost_server(
+    nats_server: EmbeddedNats, bus_credentials: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop closes every connection: that must not log the warning a dying nats-server gets."""
+    admin = read_credentials(credentials_path(bus_credentials, subjects.ADMIN))
+    caplog.set_level(logging.DEBUG, logger="common.bus")
+    closed = await bus.connect(nats_server.url, "closes", admin)
+    await closed.close()
+    assert [r.levelname for r in caplog.records if "nats (closes)" in r.getMessage()] == ["DEBUG"]
+    lost = await bus.connect(nats_server.url, "loses", admin)
+    try:
+        await nats_server.kill()  # the server dies under an open connection: that is worth a warning
+        await wait_until(
+            lambda: _logged(caplog, "nats (loses): disconnected", "WARNING"), deadline_s=10, what="the warning"
+        )
+    finally:
+        await lost.close()
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str, level: str) -> bool:
+    return any(r.levelname == level and text in r.getMessage() for r in caplog.records)
