@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from common.jetstream import ensure_resources
 from common.settings import Settings
-from gateway import edge
+from gateway import edge, loading
 from gateway.errors import error_middleware, slash_redirect_middleware
-from gateway.keys import LISTING, NC, SETTINGS, STREAMS, VIEW
-from gateway.listing import Listing
+from gateway.keys import NC, SETTINGS, STREAMS
 from gateway.routes import downloads, events, health, interfaces, lifecycle, packages, registries, services, stats
 from gateway.routes.cli import TABLES as CLI_ROUTES
 from gateway.streams import close_streams
-from gateway.view import GatewayView
-
-
-async def _view_ctx(app: web.Application) -> AsyncIterator[None]:
-    js = app[NC].jetstream()
-    await ensure_resources(js)
-    view = GatewayView(js)
-    await view.start()
-    app[VIEW] = view
-    app[LISTING] = Listing(view)
-    yield
-    await view.stop()
 
 
 def create_app(settings: Settings, nc: NATS) -> web.Application:
@@ -36,7 +21,8 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     app[SETTINGS] = settings
     app[NC] = nc
     app[STREAMS] = weakref.WeakSet()
-    app.cleanup_ctx.append(_view_ctx)
+    # The view loads while the server listens (gateway/loading.py): every route but health waits for it.
+    app.cleanup_ctx.append(loading.view_ctx)
     app.on_shutdown.append(close_streams)
     for table in (health, interfaces, registries, services, downloads, lifecycle, stats, events):
         app.add_routes(table.routes)
@@ -49,4 +35,7 @@ def create_app(settings: Settings, nc: NATS) -> web.Application:
     edge.install(app)
     # Innermost, after the edge's middlewares: their CORS headers and auth apply to our errors and redirects.
     app.middlewares.extend([slash_redirect_middleware, error_middleware])
+    # --- start-up: listen before the view is loaded (issue 13) ---
+    # Innermost: a route waiting for the view answers its refusals (503) in premd's envelope.
+    app.middlewares.append(loading.view_gate_middleware)
     return app

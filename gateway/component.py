@@ -12,6 +12,7 @@ from common.component import Component
 from common.version import VERSION
 from gateway.app import create_app
 from gateway.forwarding import Front
+from gateway.loading import LOADING
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class Gateway(Component):
         self._front = Front(self._runner, app)
         port = await self._front.start(self.settings.host, self.settings.port)
         logger.info("gateway listening on http://%s:%d", self.settings.host, port)  # PREMD_PORT=0 picks one
+        # Health answers already; the view loads meanwhile (gateway/loading.py). Started means loaded: a view
+        # that cannot load fails the start, as before the gateway listened early.
+        await app[LOADING]
 
     async def stop(self) -> None:
         if self._front is not None:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway import cors, idle, security
 from gateway.keys import SETTINGS, VIEW
+from gateway.loading import loaded
 from gateway.routes import metrics, openai, openapi, proxy
 
 
@@ -36,5 +37,6 @@ def install(app: web.Application) -> None:
 
 def _service_ports(app: web.Application) -> set[int]:
     """Ports premd published for services (issue 10: their pages may not drive premd)."""
-    view = app.get(VIEW)
-    return {s.host_port for s in view.observed.values.values() if s.host_port} if view is not None else set()
+    if not loaded(app):  # gateway/loading.py: nothing published is known yet
+        return set()
+    return {s.host_port for s in app[VIEW].observed.values.values() if s.host_port}

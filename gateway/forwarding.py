@@ -35,6 +35,7 @@ from gateway import cors
 from gateway.errors import ApiError
 from gateway.idle import IDLE, KEEP_ALIVE_HEADER, being_stopped
 from gateway.keys import SETTINGS
+from gateway.loading import loaded
 from gateway.routes import openai, proxy
 from gateway.routes.metrics import METRICS
 from gateway.security import GUARD, TOKEN_QUERY
@@ -679,6 +680,8 @@ class FrontConnection(asyncio.Protocol):
             route = PROXY_ROUTE if len(parts) > 3 else PROXY_ROOT_ROUTE
         if self.front.guard.refusal(cast(web.Request, request)) is not None:
             return AIOHTTP
+        if not loaded(self.app):
+            return AIOHTTP  # still loading (gateway/loading.py): the aiohttp route waits for it
         if being_stopped(self.app, service_id):
             return AIOHTTP  # stopping for idleness: the aiohttp route waits for the stop, then autostarts
         try:

@@ -33,6 +33,7 @@ from common.errors import AppError, Code
 from common.messages import ServiceStopped, StopService
 from gateway.errors import ApiError
 from gateway.keys import NC, SETTINGS, VIEW
+from gateway.loading import LOADING, loaded
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,11 @@ class IdleStopper:
         """Services being stopped for idleness: a request for one waits for the stop before starting it again."""
 
     async def run(self) -> None:
+        # The services started on demand are the view's (gateway/loading.py); a view that failed to load
+        # stops the gateway itself.
+        await asyncio.wait({self.app[LOADING]})
+        if not loaded(self.app):
+            return
         while True:
             due, wait = self.clock.due(on_demand_running(self.app))
             for service_id, idle_s in due:

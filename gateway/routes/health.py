@@ -9,6 +9,7 @@ from common.messages import ServiceIdentity
 from gateway.apidoc import documented
 from gateway.errors import json_response
 from gateway.keys import NC, VIEW
+from gateway.loading import loaded
 from gateway.schemas import HealthResponse
 
 routes = web.RouteTableDef()
@@ -27,11 +28,12 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 @documented(
-    "Readiness: the bus is connected and every component answers (503 otherwise)",
-    errors={503: '{"ready": false, "bus": ..., "components": {name: bool}, "docker": ...}'},
+    "Readiness: the bus is connected, the gateway's view is loaded and every component answers (503 otherwise)",
+    errors={503: '{"ready": false, "bus": ..., "view": "loading", "components": {name: bool}, "docker": ...}'},
 )
 async def ready(request: web.Request) -> web.Response:
-    """Ready when the bus is connected and every component answered $SRV.PING within a short window."""
+    """Ready when the bus is connected, the view is loaded (gateway/loading.py: until then every route but
+    health waits) and every component answered $SRV.PING within a short window."""
     nc = request.app[NC]
     seen: dict[str, list[str]] = {name: [] for name in subjects.COMPONENTS}
 
@@ -41,10 +43,12 @@ async def ready(request: web.Request) -> web.Response:
     for pong in await bus.gather(nc, subjects.SRV_PING, ServiceIdentity, PING_WINDOW_S, everyone):
         seen.setdefault(pong.name, []).append(pong.id)
     components = {name: bool(ids) for name, ids in seen.items()}
-    is_ready = nc.is_connected and all(components.values())
+    view_loaded = loaded(request.app)
+    is_ready = nc.is_connected and view_loaded and all(components.values())
     body = {
         "ready": is_ready,
         "bus": "connected" if nc.is_connected else "disconnected",
+        "view": "loaded" if view_loaded else "loading",
         "components": components,
         "docker": _docker(request),
     }
@@ -53,7 +57,7 @@ async def ready(request: web.Request) -> web.Response:
 
 def _docker(request: web.Request) -> str:
     """The Docker engine as the scheduler last saw it: reported, not required (premd lists services without it)."""
-    facts = request.app[VIEW].host
+    facts = request.app[VIEW].host if loaded(request.app) else None
     if facts is None:
         return "unknown"
     return "available" if facts.docker_available else "unavailable"

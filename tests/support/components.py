@@ -13,6 +13,7 @@ from common import subjects
 from common.component import Component
 from common.settings import Settings
 from gateway.app import create_app
+from gateway.loading import LOADING
 from tests.support.bus_users import connect_as
 
 C = TypeVar("C", bound=Component)
@@ -40,6 +41,8 @@ async def gateway(settings: Settings, server: type[TestServer] = TestServer) -> 
     client: Client = TestClient(server(create_app(settings, nc), host="127.0.0.1"))
     try:
         await client.start_server()
+        # Requests wait for the view by themselves (gateway/loading.py); tests also read it directly.
+        await client.app[LOADING]
         yield client
     finally:
         await client.close()
