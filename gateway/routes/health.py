@@ -35,6 +35,7 @@ async def ready(request: web.Request) -> web.Response:
     """Ready when the bus is connected, the view is loaded (gateway/loading.py: until then every route but
     health waits) and every component answered $SRV.PING within a short window."""
     nc = request.app[NC]
+    view_loaded = loaded(request.app)  # as when asked: the pings below take up to PING_WINDOW_S
     seen: dict[str, list[str]] = {name: [] for name in subjects.COMPONENTS}
 
     def everyone(pongs: list[ServiceIdentity]) -> bool:
@@ -43,7 +44,6 @@ async def ready(request: web.Request) -> web.Response:
     for pong in await bus.gather(nc, subjects.SRV_PING, ServiceIdentity, PING_WINDOW_S, everyone):
         seen.setdefault(pong.name, []).append(pong.id)
     components = {name: bool(ids) for name, ids in seen.items()}
-    view_loaded = loaded(request.app)
     is_ready = nc.is_connected and view_loaded and all(components.values())
     body = {
         "ready": is_ready,
