@@ -3,7 +3,6 @@ streams and buckets whose configuration changed are updated on start; the event 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import msgspec
@@ -20,6 +19,7 @@ from registry_sync.component import RegistrySync
 from registry_sync.state import REGISTRIES_KEY, RegistryConfig
 from tests.support.bus_users import connect_as
 from tests.testbed.registries import REGISTRIES_DIR
+from tests.testbed.util import StopWaiting, wait_until
 
 
 async def test_an_undecodable_value_reads_as_absent_and_is_reported(nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
@@ -61,14 +61,19 @@ async def _answered(nc: NATS) -> RegistryList:
     In full suite runs (never alone) the first request right after ``start()`` was seen to get "no responders"
     although the start flushes its subscriptions first; what the test checks is what it answers.
     """
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                return await bus.request(nc, subjects.REGISTRY_LIST, Empty(), RegistryList, 10)
-            except UnavailableError as exc:
-                if exc.code != Code.BUS_UNAVAILABLE:
-                    raise
-            await asyncio.sleep(0.05)  # poll interval
+    answers: list[RegistryList] = []
+
+    async def answered() -> bool:
+        try:
+            answers.append(await bus.request(nc, subjects.REGISTRY_LIST, Empty(), RegistryList, 10))
+        except UnavailableError as exc:
+            if exc.code != Code.BUS_UNAVAILABLE:
+                raise StopWaiting(exc.message) from exc
+            return False
+        return True
+
+    await wait_until(answered, deadline_s=10, interval=0.05, what="registry_sync answering")
+    return answers[-1]
 
 
 async def test_streams_and_buckets_from_an_older_configuration_are_updated_on_start(
